@@ -1,0 +1,19 @@
+"""fjdl: exact, fast JAX implementations of the techniques that make deep networks train well.
+
+Every function is pure: data in, new data out. Modules import downward: ``nn``, ``losses``,
+``batchnorm``, ``initializers``, ``optim`` and ``schedules`` know nothing of training.
+"""
+
+from fjdl import batchnorm, initializers, losses, model, nn
+from fjdl.model import MLP
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "batchnorm",
+    "initializers",
+    "losses",
+    "model",
+    "nn",
+]

@@ -1,0 +1,144 @@
+"""Batch normalization: normalize each unit's pre-activation over the mini-batch, then scale and shift.
+
+.. math::
+  \\mu = \\frac{1}{m} \\sum_i z^{(i)}, \\quad
+  \\sigma^2 = \\frac{1}{m} \\sum_i (z^{(i)} - \\mu)^2, \\quad
+  z_{norm} = \\frac{z - \\mu}{\\sqrt{\\sigma^2 + \\varepsilon}}, \\quad
+  \\tilde z = \\gamma z_{norm} + \\beta
+
+At test time there is no batch to average over, so an exponentially weighted average of the training
+batches' ``mu`` and ``sigma^2`` stands in (the running statistics). They are non-trainable state and
+live in their own pytree, ``{"mean", "var"}`` per layer, beside the parameters, never inside them.
+
+References:
+  Ioffe & Szegedy, 2015, *Batch Normalization: Accelerating Deep Network Training by Reducing
+  Internal Covariate Shift*.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from fjdl import _checks
+
+
+def _stats_dtype(dtype):
+    # Statistics in at least float32 (flax nnx does the same): float16 sums lose too much.
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _check_affine(z, gamma, beta):
+    z = jnp.asarray(z)
+    if z.ndim != 2:
+        raise ValueError(f"z must have shape (m, n_units), got {z.shape}")
+    n = z.shape[-1]
+    _checks.check_shape("gamma", gamma, (n,))
+    _checks.check_shape("beta", beta, (n,))
+    return z
+
+
+def init_running(n_units: int, dtype=jnp.float32) -> dict:
+    """Running statistics before any batch: mean 0, variance 1 (so eval mode starts as identity)."""
+    _checks.check_positive_int("n_units", n_units)
+    return {"mean": jnp.zeros((n_units,), dtype), "var": jnp.ones((n_units,), dtype)}
+
+
+def batch_stats(z: jax.typing.ArrayLike, axis_name=None) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance of ``z`` over the batch axis (axis 0).
+
+    Args:
+      z: pre-activations of shape ``(m, n_units)``.
+      axis_name: a mapped axis name (from ``vmap``/``shard_map``/``pmap``). When given, the statistics
+        are over the batch of every device on that axis (the global batch), assuming equal shards.
+    """
+    z = jnp.asarray(z)
+    zf = z.astype(_stats_dtype(z.dtype))
+    mean = jnp.mean(zf, axis=0)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+    var = jnp.mean(jnp.square(zf - mean), axis=0)
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
+    return mean, var
+
+
+def _normalize(z, gamma, beta, mean, var, eps):
+    zf = z.astype(_stats_dtype(z.dtype))
+    z_norm = (zf - mean) / jnp.sqrt(var + eps)
+    return (gamma * z_norm + beta).astype(z.dtype)
+
+
+def normalize_train(z, gamma, beta, eps: float = 1e-5, *, axis_name=None):
+    """Batch norm in training mode: normalize with this batch's own statistics.
+
+    Args:
+      z: pre-activations, shape ``(m, n_units)``.
+      gamma: scale, shape ``(n_units,)``. ``beta``: shift, shape ``(n_units,)``.
+      eps: ``epsilon`` added to the variance (> 0).
+      axis_name: optional mapped axis for statistics over a batch spread across devices.
+
+    Returns:
+      ``(z_tilde, (mean, var))``: the normalized, scaled and shifted ``z`` (same shape and dtype),
+      and the batch statistics (biased variance) for :func:`update_running`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> z = jnp.array([[1.0], [3.0]])
+      >>> z_tilde, (mean, var) = normalize_train(z, jnp.ones(1), jnp.zeros(1), eps=0.0)
+      >>> z_tilde.ravel().tolist(), mean.tolist(), var.tolist()
+      ([-1.0, 1.0], [2.0], [1.0])
+    """
+    z = _check_affine(z, gamma, beta)
+    _checks.check_nonnegative("eps", eps)
+    if z.shape[0] == 0:
+        raise ValueError("normalize_train needs a non-empty batch: z has 0 rows")
+    mean, var = batch_stats(z, axis_name)
+    return _normalize(z, gamma, beta, mean, var, eps), (mean, var)
+
+
+def update_running(running: dict, batch_stats: tuple, momentum=0.9) -> dict:
+    """Exponentially weighted average of the batch statistics, for use at test time.
+
+    .. math::
+      \\mu_{run} \\leftarrow \\beta \\mu_{run} + (1 - \\beta) \\mu, \\qquad
+      \\sigma^2_{run} \\leftarrow \\beta \\sigma^2_{run} + (1 - \\beta) \\sigma^2
+
+    with :math:`\\beta` = ``momentum``.
+
+    .. warning::
+      PyTorch's ``BatchNorm1d(momentum=0.1)`` weights the *new* batch by its momentum: it equals
+      ``momentum=0.9`` here (see :func:`from_torch_momentum`). PyTorch also stores the unbiased
+      variance ``m / (m - 1) * sigma^2`` in its running average; Keras and flax store the biased one,
+      as we do.
+
+    Args:
+      running: ``{"mean": (n,), "var": (n,)}``.
+      batch_stats: ``(mean, var)`` from :func:`normalize_train`.
+      momentum: weight of the old average, in [0, 1).
+
+    Returns:
+      The new ``{"mean", "var"}``, in the running statistics' dtype.
+    """
+    _checks.check_unit_interval("momentum", momentum)
+    mean, var = batch_stats
+    new_mean = momentum * running["mean"] + (1 - momentum) * mean
+    new_var = momentum * running["var"] + (1 - momentum) * var
+    return {
+        "mean": new_mean.astype(running["mean"].dtype),
+        "var": new_var.astype(running["var"].dtype),
+    }
+
+
+def normalize_eval(z, gamma, beta, running: dict, eps: float = 1e-5):
+    """Batch norm in evaluation mode: normalize with the running statistics.
+
+    Returns ``z_tilde = gamma * (z - running_mean) / sqrt(running_var + eps) + beta``.
+    """
+    z = _check_affine(z, gamma, beta)
+    _checks.check_nonnegative("eps", eps)
+    return _normalize(z, gamma, beta, running["mean"], running["var"], eps)
+
+
+def from_torch_momentum(torch_momentum: float) -> float:
+    """Convert PyTorch's batch-norm momentum (the new batch's weight) to ours: ``1 - m``."""
+    _checks.check_unit_interval("torch_momentum", torch_momentum, low_open=True, high_open=False)
+    return 1.0 - torch_momentum

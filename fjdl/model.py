@@ -1,0 +1,233 @@
+"""A multilayer perceptron as a frozen config plus two pure functions, ``init`` and ``apply``.
+
+Forward propagation, layer ``l`` of ``L`` (batch first; the course's ``W`` is our ``W.T``):
+
+.. math::
+  z^{[l]} = a^{[l-1]} W^{[l]} + b^{[l]}, \\qquad a^{[l]} = g(z^{[l]}), \\qquad
+  a^{[l]} \\leftarrow \\mathrm{dropout}(a^{[l]}, \\text{keep\\_prob}_l) \\text{ (training only)}
+
+With batch normalization a hidden layer has no ``b`` (the mean subtraction cancels it) and computes
+``z_tilde = gamma * z_norm + beta`` before its activation. The output layer returns logits: the loss
+applies the sigmoid or softmax itself (see :mod:`fjdl.losses`).
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from fjdl import _checks, batchnorm, initializers, nn
+from fjdl._types import Params, PRNGKey, State
+
+OUTPUTS = ("sigmoid", "softmax", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class MLP:
+    """Static configuration of a dense network; hashable, so it can be a ``jit`` static argument.
+
+    Args:
+      sizes: layer widths ``(n_x, n_1, ..., n_L)``.
+      activation: hidden activation, one of ``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"leaky_relu"``.
+      output: ``"sigmoid"`` (binary; with one output unit the logits have shape ``(m,)``),
+        ``"softmax"`` (``C`` classes, logits ``(m, C)``) or ``"linear"``.
+      keep_probs: dropout keep probability for each hidden layer (a tuple of ``L - 1`` values, or one
+        value for every hidden layer); ``None`` means no dropout.
+      batchnorm: batch normalization on every hidden layer, before the activation.
+      bn_momentum: the running statistics' ``momentum`` (weight of the old average).
+      bn_eps: the ``epsilon`` of batch norm.
+
+    Example:
+      >>> MLP((2, 10, 5, 1)).n_layers
+      3
+    """
+
+    sizes: tuple[int, ...]
+    activation: str = "relu"
+    output: str = "sigmoid"
+    keep_probs: tuple[float, ...] | None = None
+    batchnorm: bool = False
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+
+    def __post_init__(self):
+        sizes = tuple(self.sizes) if isinstance(self.sizes, Sequence) else self.sizes
+        if not isinstance(sizes, tuple) or len(sizes) < 2:
+            raise ValueError(f"sizes must list at least the input and output widths, got {self.sizes!r}")
+        for i, n in enumerate(sizes):
+            _checks.check_positive_int(f"sizes[{i}]", n)
+        object.__setattr__(self, "sizes", tuple(int(n) for n in sizes))
+        if self.activation not in nn.ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(nn.ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.output == "softmax" and sizes[-1] < 2:
+            raise ValueError(f"a softmax output needs at least 2 units, got sizes[-1] = {sizes[-1]}")
+        n_hidden = len(sizes) - 2
+        keep = self.keep_probs
+        if keep is not None:
+            if isinstance(keep, int | float):
+                keep = (float(keep),) * n_hidden
+            keep = tuple(float(k) for k in keep)
+            if len(keep) != n_hidden:
+                raise ValueError(
+                    f"keep_probs must have one value per hidden layer ({n_hidden}), got {len(keep)}"
+                )
+            for i, k in enumerate(keep):
+                _checks.check_keep_prob(f"keep_probs[{i}]", k)
+            object.__setattr__(self, "keep_probs", keep)
+        _checks.check_unit_interval("bn_momentum", self.bn_momentum)
+        _checks.check_positive("bn_eps", self.bn_eps)
+
+    @property
+    def n_layers(self) -> int:
+        """``L``, the number of layers with parameters."""
+        return len(self.sizes) - 1
+
+    @property
+    def uses_dropout(self) -> bool:
+        return self.keep_probs is not None and any(k < 1 for k in self.keep_probs)
+
+    def is_bn_layer(self, l: int) -> bool:
+        """Whether layer ``l`` (0-based) is batch-normalized: every hidden layer, when enabled."""
+        return self.batchnorm and l < self.n_layers - 1
+
+
+def init(
+    key: PRNGKey, config: MLP, scheme="he", dtype=jnp.float32
+) -> tuple[Params, State]:
+    """Initial parameters and batch-norm state of ``config``.
+
+    Args:
+      key: a PRNG key, split into one key per layer.
+      config: an :class:`MLP`.
+      scheme: weight initializer (see :mod:`fjdl.initializers`): ``"he"`` (default), ``"xavier"``,
+        ``"glorot"``, ``"random_normal"``, ``"zeros"`` or a callable ``(key, (n_in, n_out)) -> W``.
+      dtype: dtype of every array.
+
+    Returns:
+      ``(params, state)``: ``params`` a tuple of per-layer dicts (``{"W", "b"}``, or
+      ``{"W", "gamma", "beta"}`` for batch-normalized layers, with gamma 1 and beta 0); ``state`` a
+      tuple with one dict per layer: ``{"mean", "var"}`` (0 and 1) for batch-normalized layers,
+      ``{}`` otherwise.
+
+    Example:
+      >>> import jax
+      >>> params, state = init(jax.random.key(0), MLP((2, 4, 1), batchnorm=True))
+      >>> sorted(params[0]), sorted(params[1]), sorted(state[0])
+      (['W', 'beta', 'gamma'], ['W', 'b'], ['mean', 'var'])
+    """
+    if not isinstance(config, MLP):
+        raise TypeError(f"config must be an fjdl.model.MLP, got {type(config).__name__}")
+    dense = initializers.init_mlp(key, config.sizes, scheme, dtype)
+    params, state = [], []
+    for l, layer in enumerate(dense):
+        if config.is_bn_layer(l):
+            n = layer["b"].shape[0]
+            params.append({"W": layer["W"], "gamma": jnp.ones((n,), dtype), "beta": jnp.zeros((n,), dtype)})
+            state.append(batchnorm.init_running(n, dtype))
+        else:
+            params.append(layer)
+            state.append({})
+    return tuple(params), tuple(state)
+
+
+def check_params(config: MLP, params: Params) -> None:
+    """Raise a ``ValueError`` naming the layer when ``params`` does not fit ``config``."""
+    if not isinstance(params, tuple | list) or len(params) != config.n_layers:
+        got = len(params) if isinstance(params, tuple | list) else type(params).__name__
+        raise ValueError(f"params must be a tuple of {config.n_layers} layer dicts, got {got}")
+    for l, (layer, n_in, n_out) in enumerate(zip(params, config.sizes[:-1], config.sizes[1:])):
+        want_keys = {"W", "gamma", "beta"} if config.is_bn_layer(l) else {"W", "b"}
+        if not isinstance(layer, dict) or set(layer) != want_keys:
+            raise ValueError(f"layer {l + 1}: params must be a dict with keys {sorted(want_keys)}")
+        shapes = {"W": (n_in, n_out), "b": (n_out,), "gamma": (n_out,), "beta": (n_out,)}
+        for name, value in layer.items():
+            _checks.check_shape(f"layer {l + 1} {name}", value, shapes[name])
+
+
+def apply(
+    config: MLP,
+    params: Params,
+    state: State,
+    x: jax.typing.ArrayLike,
+    *,
+    key: PRNGKey | None = None,
+    train: bool = False,
+    axis_name=None,
+) -> tuple[jax.Array, State]:
+    """Forward propagation: logits of the output layer, and the new batch-norm state.
+
+    Args:
+      config: the :class:`MLP` (static under ``jit``).
+      params, state: from :func:`init`.
+      x: inputs of shape ``(m, n_x)``.
+      key: PRNG key for dropout; needed when ``train`` and the config has a keep_prob < 1. Split
+        into one key per hidden layer.
+      train: training mode: dropout on, batch norm with batch statistics (and running statistics
+        updated). Otherwise dropout is off and batch norm uses the running statistics.
+      axis_name: optional mapped axis over which batch norm averages its statistics in training
+        (data-parallel training over devices).
+
+    Returns:
+      ``(logits, new_state)``. Logits have shape ``(m,)`` for a single sigmoid or linear output unit,
+      else ``(m, n_L)``. In eval mode ``new_state`` is ``state``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> cfg = MLP((2, 3, 1))
+      >>> params, state = init(jax.random.key(0), cfg)
+      >>> logits, _ = apply(cfg, params, state, jnp.ones((5, 2)))
+      >>> logits.shape
+      (5,)
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[1] != config.sizes[0]:
+        raise ValueError(
+            f"layer 1 expects x of shape (m, {config.sizes[0]}) (examples in rows), got {x.shape}"
+        )
+    check_params(config, params)
+    dropping = train and config.uses_dropout
+    if dropping and key is None:
+        raise ValueError("apply(train=True) with keep_probs < 1 needs a PRNG key: pass key=...")
+    keys = jax.random.split(key, max(config.n_layers - 1, 1)) if dropping else None
+    g = nn.ACTIVATIONS[config.activation]
+    a = x
+    new_state = []
+    for l, layer in enumerate(params):
+        z = a @ layer["W"]
+        last = l == config.n_layers - 1
+        if config.is_bn_layer(l):
+            if train:
+                z, stats = batchnorm.normalize_train(
+                    z, layer["gamma"], layer["beta"], config.bn_eps, axis_name=axis_name
+                )
+                new_state.append(batchnorm.update_running(state[l], stats, config.bn_momentum))
+            else:
+                z = batchnorm.normalize_eval(z, layer["gamma"], layer["beta"], state[l], config.bn_eps)
+                new_state.append(state[l])
+        else:
+            z = z + layer["b"]
+            new_state.append(state[l])
+        if last:
+            a = z
+        else:
+            a = g(z)
+            if dropping and config.keep_probs[l] < 1:
+                a = nn.dropout(keys[l], a, config.keep_probs[l])
+    logits = a[:, 0] if config.output != "softmax" and config.sizes[-1] == 1 else a
+    return logits, tuple(new_state)
+
+
+def predict(config: MLP, params: Params, state: State, x: jax.typing.ArrayLike) -> jax.Array:
+    """Predictions in eval mode: class 0/1 for sigmoid (``sigmoid(z) > 0.5``), the argmax class for
+    softmax, the output itself for linear."""
+    logits, _ = apply(config, params, state, x)
+    if config.output == "sigmoid":
+        return (logits > 0).astype(jnp.int32)
+    if config.output == "softmax":
+        return jnp.argmax(logits, axis=-1)
+    return logits
