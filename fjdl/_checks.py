@@ -89,5 +89,10 @@ def check_shape(name: str, value, shape: tuple) -> None:
     """Check ``value.shape`` against ``shape``; ``None`` in ``shape`` matches any size."""
     got = tuple(np.shape(value))
     if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
-        want = "(" + ", ".join("m" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        want = (
+            "("
+            + ", ".join("m" if s is None else str(s) for s in shape)
+            + ("," if len(shape) == 1 else "")
+            + ")"
+        )
         raise ValueError(f"{name} must have shape {want}, got {got}")

@@ -23,7 +23,7 @@ from fjdl import _checks
 
 def _stats_dtype(dtype):
     # Statistics in at least float32 (flax nnx does the same): float16 sums lose too much.
-    return jnp.promote_types(dtype, jnp.float32)
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
 def _check_affine(z, gamma, beta):
@@ -62,9 +62,9 @@ def batch_stats(z: jax.typing.ArrayLike, axis_name=None) -> tuple[jax.Array, jax
 
 
 def _normalize(z, gamma, beta, mean, var, eps):
-    zf = z.astype(_stats_dtype(z.dtype))
-    z_norm = (zf - mean) / jnp.sqrt(var + eps)
-    return (gamma * z_norm + beta).astype(z.dtype)
+    dt = _stats_dtype(z.dtype)
+    z_norm = (z.astype(dt) - mean.astype(dt)) / jnp.sqrt(var.astype(dt) + eps)
+    return (gamma.astype(dt) * z_norm + beta.astype(dt)).astype(z.dtype)
 
 
 def normalize_train(z, gamma, beta, eps: float = 1e-5, *, axis_name=None):

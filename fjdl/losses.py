@@ -113,7 +113,9 @@ def softmax_cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.Array
     return jnp.mean(log_norm - picked)
 
 
-def mean_squared_error(predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike) -> jax.Array:
+def mean_squared_error(
+    predictions: jax.typing.ArrayLike, targets: jax.typing.ArrayLike
+) -> jax.Array:
     """Half the mean squared error, ``1/(2m) * sum (yhat - y)^2``, for a linear output."""
     predictions = jnp.asarray(predictions)
     targets = jnp.asarray(targets)
@@ -129,7 +131,9 @@ def mean_squared_error(predictions: jax.typing.ArrayLike, targets: jax.typing.Ar
 
 
 def _weights(params: Params):
-    if not isinstance(params, tuple | list) or not all(isinstance(p, dict) and "W" in p for p in params):
+    if not isinstance(params, tuple | list) or not all(
+        isinstance(p, dict) and "W" in p for p in params
+    ):
         raise TypeError("params must be a tuple of per-layer dicts holding 'W'")
     return [p["W"] for p in params]
 

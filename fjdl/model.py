@@ -54,7 +54,9 @@ class MLP:
     def __post_init__(self):
         sizes = tuple(self.sizes) if isinstance(self.sizes, Sequence) else self.sizes
         if not isinstance(sizes, tuple) or len(sizes) < 2:
-            raise ValueError(f"sizes must list at least the input and output widths, got {self.sizes!r}")
+            raise ValueError(
+                f"sizes must list at least the input and output widths, got {self.sizes!r}"
+            )
         for i, n in enumerate(sizes):
             _checks.check_positive_int(f"sizes[{i}]", n)
         object.__setattr__(self, "sizes", tuple(int(n) for n in sizes))
@@ -65,7 +67,9 @@ class MLP:
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.output == "softmax" and sizes[-1] < 2:
-            raise ValueError(f"a softmax output needs at least 2 units, got sizes[-1] = {sizes[-1]}")
+            raise ValueError(
+                f"a softmax output needs at least 2 units, got sizes[-1] = {sizes[-1]}"
+            )
         n_hidden = len(sizes) - 2
         keep = self.keep_probs
         if keep is not None:
@@ -96,9 +100,7 @@ class MLP:
         return self.batchnorm and l < self.n_layers - 1
 
 
-def init(
-    key: PRNGKey, config: MLP, scheme="he", dtype=jnp.float32
-) -> tuple[Params, State]:
+def init(key: PRNGKey, config: MLP, scheme="he", dtype=jnp.float32) -> tuple[Params, State]:
     """Initial parameters and batch-norm state of ``config``.
 
     Args:
@@ -127,7 +129,9 @@ def init(
     for l, layer in enumerate(dense):
         if config.is_bn_layer(l):
             n = layer["b"].shape[0]
-            params.append({"W": layer["W"], "gamma": jnp.ones((n,), dtype), "beta": jnp.zeros((n,), dtype)})
+            params.append(
+                {"W": layer["W"], "gamma": jnp.ones((n,), dtype), "beta": jnp.zeros((n,), dtype)}
+            )
             state.append(batchnorm.init_running(n, dtype))
         else:
             params.append(layer)
@@ -207,7 +211,9 @@ def apply(
                 )
                 new_state.append(batchnorm.update_running(state[l], stats, config.bn_momentum))
             else:
-                z = batchnorm.normalize_eval(z, layer["gamma"], layer["beta"], state[l], config.bn_eps)
+                z = batchnorm.normalize_eval(
+                    z, layer["gamma"], layer["beta"], state[l], config.bn_eps
+                )
                 new_state.append(state[l])
         else:
             z = z + layer["b"]

@@ -5,6 +5,7 @@ Each function takes and returns arrays of any shape; batch first, features last.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fjdl import _checks
 from fjdl._types import PRNGKey
@@ -81,10 +82,12 @@ def dropout(key: PRNGKey | None, x: jax.typing.ArrayLike, keep_prob) -> jax.Arra
     """
     _checks.check_keep_prob("keep_prob", keep_prob)
     x = jnp.asarray(x)
-    if _checks.is_concrete(keep_prob) and float(jnp.min(jnp.asarray(keep_prob))) == 1.0:
+    if _checks.is_concrete(keep_prob) and float(np.min(np.asarray(keep_prob))) == 1.0:
         return x
     if key is None:
-        raise ValueError("dropout with keep_prob < 1 needs a PRNG key: pass key=jax.random.key(...)")
+        raise ValueError(
+            "dropout with keep_prob < 1 needs a PRNG key: pass key=jax.random.key(...)"
+        )
     keep_prob = jnp.asarray(keep_prob, x.dtype)
     keep = jax.random.bernoulli(key, keep_prob, x.shape)
     return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
