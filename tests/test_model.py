@@ -174,3 +174,20 @@ def test_bad_inputs_name_the_layer():
         model.apply(cfg, params, state, jnp.ones((5, 3)), train=True)
     with pytest.raises(TypeError, match="MLP"):
         model.init(jax.random.key(0), (3, 4, 1))
+
+
+@pytest.mark.parametrize("hidden", [8, model.NARROW_WIDTH + 1])
+def test_both_internal_layouts_agree_with_numpy(hidden):
+    cfg = MLP((3, hidden, 4), output="softmax", keep_probs=0.5, batchnorm=True)
+    params, state = model.init(jax.random.key(0), cfg)
+    x = jax.random.normal(jax.random.key(1), (9, 3))
+    key = jax.random.key(2)
+    logits, new_state = model.apply(cfg, params, state, x, key=key, train=True)
+    from fjdl import batchnorm, nn
+
+    z, stats = batchnorm.normalize_train(x @ params[0]["W"], params[0]["gamma"], params[0]["beta"])
+    a = nn.dropout(jax.random.split(key, 1)[0], nn.relu(z), 0.5)
+    chex.assert_trees_all_close(logits, a @ params[1]["W"] + params[1]["b"], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        new_state[0], batchnorm.update_running(state[0], stats), rtol=1e-5, atol=1e-6
+    )
