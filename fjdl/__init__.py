@@ -4,7 +4,7 @@ Every function is pure: data in, new data out. Modules import downward: ``nn``, 
 ``batchnorm``, ``initializers``, ``optim`` and ``schedules`` know nothing of training.
 """
 
-from fjdl import batchnorm, initializers, losses, model, nn
+from fjdl import batchnorm, checkpoint, data, diagnose, initializers, losses, model, nn
 from fjdl.model import MLP
 
 __version__ = "0.1.0"
@@ -12,6 +12,9 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP",
     "batchnorm",
+    "checkpoint",
+    "data",
+    "diagnose",
     "initializers",
     "losses",
     "model",

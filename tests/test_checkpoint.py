@@ -1,0 +1,518 @@
+"""Tests for fjdl.checkpoint: exact round trips, atomic writes, refusing bad files."""
+
+import io
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fjdl import checkpoint
+from fjdl.checkpoint import CheckpointError
+
+
+class AdamState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+class MomentumState(NamedTuple):
+    count: jax.Array
+    v: Any
+
+
+class TrainState(NamedTuple):
+    """The shape of fjdl.train.TrainState."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    step: jax.Array
+    epoch: jax.Array
+    key: jax.Array
+
+
+def make_state(key, sizes=(4, 8, 3), dtype=jnp.float32, optimizer="adam", step=0):
+    """A realistic state: a batch-norm hidden layer, a dense output layer, random values."""
+    keys = jax.random.split(key, 8)
+    n0, n1, n2 = sizes
+    params = (
+        {
+            "W": jax.random.normal(keys[0], (n0, n1), dtype),
+            "gamma": 1 + jax.random.normal(keys[1], (n1,), dtype),
+            "beta": jax.random.normal(keys[2], (n1,), dtype),
+        },
+        {"W": jax.random.normal(keys[3], (n1, n2), dtype), "b": jnp.zeros((n2,), dtype)},
+    )
+    model_state = (
+        {"mean": jax.random.normal(keys[4], (n1,), dtype), "var": jnp.ones((n1,), dtype)},
+        {},
+    )
+    count = jnp.asarray(step, jnp.int32)
+    if optimizer == "adam":
+        mu = jax.tree.map(lambda p: 0.1 * p, params)
+        nu = jax.tree.map(lambda p: p * p, params)
+        opt_state = AdamState(count, mu, nu)
+    else:
+        opt_state = MomentumState(count, jax.tree.map(lambda p: -p, params))
+    return TrainState(
+        params,
+        model_state,
+        opt_state,
+        jnp.asarray(step, jnp.int32),
+        jnp.asarray(step // 2, jnp.int32),
+        jax.random.fold_in(keys[5], 7),
+    )
+
+
+def assert_identical(a, b):
+    """Same structure, same dtypes, same values bit for bit (keys included)."""
+    chex.assert_trees_all_equal_structs(a, b)
+    chex.assert_trees_all_equal_dtypes(a, b)
+    chex.assert_trees_all_equal_shapes(a, b)
+    chex.assert_trees_all_equal(a, b)
+
+
+def rewrite(path, change):
+    """Rewrite a checkpoint's description with ``change(description)`` (arrays kept)."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    description = json.loads(arrays["__fjdl_structure__"].tobytes().decode())
+    change(description)
+    arrays["__fjdl_structure__"] = np.frombuffer(json.dumps(description).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trips
+
+
+def test_round_trip_realistic_state(tmp_path, getkey):
+    state = make_state(getkey(), step=1234)
+    path = tmp_path / "state.npz"
+    checkpoint.save(path, state, metadata={"epoch": 617, "config": {"sizes": [4, 8, 3]}})
+    like = make_state(getkey())  # a fresh state: other values, same structure
+    restored = checkpoint.restore(path, like)
+    assert isinstance(restored, TrainState)
+    assert isinstance(restored.opt_state, AdamState)
+    assert_identical(restored, state)
+    assert restored.step.dtype == jnp.int32 and restored.opt_state.count.dtype == jnp.int32
+    assert jnp.issubdtype(restored.key.dtype, jax.dtypes.prng_key)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(restored))
+    # The restored key draws the same numbers as the saved one.
+    np.testing.assert_array_equal(
+        jax.random.uniform(restored.key, (5,)), jax.random.uniform(state.key, (5,))
+    )
+    assert checkpoint.read_metadata(path) == {"epoch": 617, "config": {"sizes": [4, 8, 3]}}
+
+
+def test_round_trip_float64(tmp_path, getkey):
+    with jax.enable_x64(True):
+        state = make_state(getkey(), dtype=jnp.float64, optimizer="momentum", step=5)
+        state = state._replace(params=jax.tree.map(lambda p: p / 3, state.params))  # full mantissa
+        assert state.params[0]["W"].dtype == jnp.float64
+        path = tmp_path / "f64.npz"
+        checkpoint.save(path, state)
+        restored = checkpoint.restore(path, make_state(getkey(), dtype=jnp.float64, optimizer="m"))
+        assert_identical(restored, state)
+        assert restored.params[1]["W"].dtype == jnp.float64
+        assert restored.step.dtype == jnp.int32
+
+
+def test_float64_file_refused_by_float32_template(tmp_path, getkey):
+    with jax.enable_x64(True):
+        state = make_state(getkey(), dtype=jnp.float64)
+        checkpoint.save(tmp_path / "f64.npz", state)
+    with pytest.raises(ValueError, match=r"\.params\[0\]\['W'\]: dtype float64 in file, float32"):
+        checkpoint.restore(tmp_path / "f64.npz", make_state(getkey()))
+
+
+def test_old_style_uint32_key(tmp_path):
+    tree = {"key": jax.random.PRNGKey(42), "keys": jax.random.split(jax.random.PRNGKey(1), 3)}
+    assert tree["key"].dtype == jnp.uint32
+    checkpoint.save(tmp_path / "k.npz", tree)
+    restored = checkpoint.restore(tmp_path / "k.npz", tree)
+    assert_identical(restored, tree)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
+def test_typed_keys_of_every_impl_and_batched(tmp_path, impl):
+    key = jax.random.key(3, impl=impl)
+    tree = {"key": key, "keys": jax.random.split(key, 4)}
+    checkpoint.save(tmp_path / "k.npz", tree)
+    restored = checkpoint.restore(tmp_path / "k.npz", tree)
+    assert_identical(restored, tree)
+    assert str(jax.random.key_impl(restored["key"])) == impl
+    assert restored["keys"].shape == (4,)
+
+
+def test_key_impl_mismatch_is_refused(tmp_path):
+    checkpoint.save(tmp_path / "k.npz", {"key": jax.random.key(0, impl="rbg")})
+    with pytest.raises(ValueError, match=r"\['key'\]: dtype key<rbg> in file, key<fry> expected"):
+        checkpoint.restore(tmp_path / "k.npz", {"key": jax.random.key(0)})
+
+
+def test_typed_key_vs_uint32_key_is_refused(tmp_path):
+    checkpoint.save(tmp_path / "k.npz", {"key": jax.random.PRNGKey(0)})
+    with pytest.raises(ValueError, match=r"shape \(2,\) in file, \(\) expected.*dtype uint32"):
+        checkpoint.restore(tmp_path / "k.npz", {"key": jax.random.key(0)})
+
+
+def test_ml_dtypes_keep_their_bits(tmp_path, getkey):
+    x = jax.random.normal(getkey(), (3, 5))
+    tree = {"bf16": x.astype(jnp.bfloat16), "f16": x.astype(jnp.float16), "mask": x > 0}
+    checkpoint.save(tmp_path / "b.npz", tree)
+    restored = checkpoint.restore(tmp_path / "b.npz", tree)
+    assert_identical(restored, tree)
+    flat, _ = checkpoint.load_flat(tmp_path / "b.npz")
+    assert flat["['bf16']"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(flat["['bf16']"], np.asarray(tree["bf16"]))
+
+
+def test_numpy_and_python_leaves(tmp_path):
+    tree = {"a": np.arange(6, dtype=np.int16).reshape(2, 3), "lr": 0.5, "n": 3, "none": None}
+    checkpoint.save(tmp_path / "n.npz", tree)
+    restored = checkpoint.restore(tmp_path / "n.npz", tree)
+    assert restored["none"] is None
+    assert isinstance(restored["a"], np.ndarray) and restored["a"].dtype == np.int16
+    np.testing.assert_array_equal(restored["a"], tree["a"])
+    assert restored["lr"] == 0.5 and restored["n"] == 3
+
+
+def test_eval_shape_template(tmp_path, getkey):
+    state = make_state(getkey(), step=9)
+    checkpoint.save(tmp_path / "s.npz", state)
+    like = jax.eval_shape(lambda k: make_state(k), getkey())
+    assert isinstance(like.params[0]["W"], jax.ShapeDtypeStruct)
+    restored = checkpoint.restore(tmp_path / "s.npz", like)
+    assert_identical(restored, state)
+
+
+def test_optax_states_round_trip_and_mismatch(tmp_path, getkey):
+    params = make_state(getkey()).params
+    adam = optax.adam(1e-3).init(params)
+    checkpoint.save(tmp_path / "adam.npz", adam)
+    assert_identical(checkpoint.restore(tmp_path / "adam.npz", adam), adam)
+    sgd = optax.sgd(1e-3, momentum=0.9).init(params)
+    with pytest.raises(ValueError, match=r"tree structure differs") as info:
+        checkpoint.restore(tmp_path / "adam.npz", sgd)
+    assert ".mu[0]['W']" in str(info.value) and ".trace[0]['W']" in str(info.value)
+
+
+def test_load_flat(tmp_path, getkey):
+    state = make_state(getkey())
+    checkpoint.save(tmp_path / "s.npz", state, metadata={"note": "x"})
+    flat, metadata = checkpoint.load_flat(tmp_path / "s.npz")
+    assert metadata == {"note": "x"}
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    assert list(flat) == paths
+    np.testing.assert_array_equal(flat[".params[1]['W']"], state.params[1]["W"])
+    assert flat[".opt_state.count"].dtype == np.int32
+    chex.assert_trees_all_equal(flat[".key"], state.key)
+
+
+@given(
+    st.lists(
+        hnp.arrays(
+            dtype=st.sampled_from(
+                [np.float32, np.float64, np.int32, np.uint8, np.bool_, np.complex64, np.float16]
+            ),
+            shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+        ),
+        min_size=0,
+        max_size=4,
+    )
+)
+def test_round_trip_property(arrays):
+    """Any list of numpy arrays comes back bit for bit (NaNs and signed zeros included)."""
+    tree = {"xs": tuple(arrays)}
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "p.npz")
+        checkpoint.save(path, tree)
+        restored = checkpoint.restore(path, tree)
+    for a, b in zip(restored["xs"], arrays):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def test_save_leaves_only_the_checkpoint(tmp_path, getkey):
+    checkpoint.save(tmp_path / "a.npz", make_state(getkey()))
+    checkpoint.save(tmp_path / "a.npz", make_state(getkey()))  # overwrite
+    assert sorted(os.listdir(tmp_path)) == ["a.npz"]
+
+
+def test_path_used_as_given(tmp_path):
+    checkpoint.save(str(tmp_path / "ckpt"), {"a": jnp.ones(2)})
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    chex.assert_trees_all_equal(
+        checkpoint.restore(tmp_path / "ckpt", {"a": jnp.zeros(2)}), {"a": jnp.ones(2)}
+    )
+
+
+def test_overwrite_replaces_content(tmp_path, getkey):
+    first, second = make_state(getkey(), step=1), make_state(getkey(), step=2)
+    checkpoint.save(tmp_path / "a.npz", first)
+    checkpoint.save(tmp_path / "a.npz", second)
+    assert_identical(checkpoint.restore(tmp_path / "a.npz", first), second)
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, getkey, monkeypatch):
+    old, new = make_state(getkey(), step=1), make_state(getkey(), step=2)
+    path = tmp_path / "a.npz"
+    checkpoint.save(path, old, metadata={"which": "old"})
+
+    def failing_savez(file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half of a zip")  # something reached the temporary file
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(path, new, metadata={"which": "new"})
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["a.npz"]  # the temporary file is gone
+    assert_identical(checkpoint.restore(path, new), old)
+    assert checkpoint.read_metadata(path) == {"which": "old"}
+
+
+def test_unsavable_leaf_keeps_the_old_checkpoint(tmp_path):
+    path = tmp_path / "a.npz"
+    checkpoint.save(path, {"a": jnp.ones(2)})
+    with pytest.raises(TypeError, match=r"cannot save leaf \['a'\]: dtype <U5"):
+        checkpoint.save(path, {"a": np.array(["hello"])})
+    with pytest.raises(TypeError, match=r"metadata must be JSON-serializable"):
+        checkpoint.save(path, {"a": jnp.zeros(2)}, metadata={"f": jnp.zeros(2)})
+    with pytest.raises(TypeError, match=r"metadata must be a dict"):
+        checkpoint.save(path, {"a": jnp.zeros(2)}, metadata=[1])
+    assert sorted(os.listdir(tmp_path)) == ["a.npz"]
+    chex.assert_trees_all_equal(checkpoint.restore(path, {"a": jnp.zeros(2)}), {"a": jnp.ones(2)})
+
+
+def test_save_inside_jit_is_refused(tmp_path):
+    with pytest.raises(TypeError, match=r"leaf \['a'\]: it is a tracer"):
+        jax.jit(lambda x: checkpoint.save(tmp_path / "a.npz", {"a": x}))(jnp.ones(2))
+    assert not os.listdir(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Refused files
+
+
+@pytest.fixture
+def saved(tmp_path, getkey):
+    state = make_state(getkey())
+    path = tmp_path / "state.npz"
+    checkpoint.save(path, state)
+    return path, state
+
+
+@pytest.mark.parametrize("keep", [0, 1, 10, 0.5, -1])
+def test_truncated_file_is_refused(saved, keep):
+    path, state = saved
+    data = path.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    path.write_bytes(data[:n])
+    with pytest.raises(CheckpointError, match=rf"{path} is not a valid fjdl checkpoint"):
+        checkpoint.restore(path, state)
+
+
+def test_flipped_byte_is_refused(tmp_path):
+    pattern = np.arange(256, dtype=np.uint8)
+    path = tmp_path / "a.npz"
+    checkpoint.save(path, {"a": pattern})
+    data = bytearray(path.read_bytes())
+    at = data.find(pattern.tobytes())
+    assert at > 0
+    data[at + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"not a valid fjdl checkpoint.*CRC"):
+        checkpoint.restore(path, {"a": pattern})
+
+
+def test_random_bytes_and_empty_files_are_refused(tmp_path, saved):
+    _, state = saved
+    rng = np.random.default_rng(0)
+    for name, content, why in [
+        ("random.npz", b"\x01" + rng.bytes(4095), "not an .npz .zip. archive"),
+        ("pickle.npz", b"\x80\x04K\x01.", "not an .npz .zip. archive"),
+        ("fake_zip.npz", b"PK\x03\x04" + rng.bytes(500), "BadZipFile"),
+        ("empty.npz", b"", "the file is empty"),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(
+            CheckpointError, match=rf"{path} is not a valid fjdl checkpoint: .*{why}"
+        ):
+            checkpoint.restore(path, state)
+
+
+def test_foreign_numpy_files_are_refused(tmp_path):
+    npy, npz = tmp_path / "a.npy", tmp_path / "b.npz"
+    np.save(npy, np.ones(3))
+    np.savez(npz, a=np.ones(3))
+    with pytest.raises(CheckpointError, match=r"single \.npy array"):
+        checkpoint.restore(npy, {"a": np.ones(3)})
+    with pytest.raises(CheckpointError, match=r"no __fjdl_structure__ entry"):
+        checkpoint.restore(npz, {"a": np.ones(3)})
+
+
+_UNPICKLED = []
+
+
+def _record_unpickling():
+    _UNPICKLED.append(True)
+    return "payload"
+
+
+class _Payload:
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def test_pickled_object_array_is_refused_without_running_it(saved):
+    path, state = saved
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["leaf_00000"] = np.array([_Payload()], dtype=object)
+    with open(path, "wb") as f:
+        np.savez(f, allow_pickle=True, **arrays)
+    with pytest.raises(CheckpointError, match=r"not a valid fjdl checkpoint: it holds pickled"):
+        checkpoint.restore(path, state)
+    with pytest.raises(CheckpointError):
+        checkpoint.load_flat(path)
+    assert not _UNPICKLED
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        checkpoint.restore(tmp_path / "nope.npz", {"a": jnp.ones(2)})
+
+
+def test_newer_format_version_is_refused(saved):
+    path, state = saved
+    rewrite(path, lambda d: d.update(version=checkpoint.VERSION + 1))
+    with pytest.raises(
+        CheckpointError, match=r"format version 2; this fjdl reads versions up to 1"
+    ):
+        checkpoint.restore(path, state)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(format="other"), "does not declare format"),
+        (lambda d: d.pop("leaves"), "lacks the list of leaves"),
+        (lambda d: d["leaves"][0].update(shape=[1, 2]), r"description says float32 \(1, 2\)"),
+        (lambda d: d["leaves"][0].update(shape="big"), "description of leaf 0 is malformed"),
+        (lambda d: d["leaves"].pop(), r"unexpected \['leaf_"),
+    ],
+)
+def test_inconsistent_description_is_refused(saved, change, message):
+    path, state = saved
+    rewrite(path, change)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.restore(path, state)
+
+
+def test_description_must_be_uint8_json(saved):
+    path, state = saved
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    for bad in [np.zeros(3, np.float32), np.frombuffer(b"{not json", np.uint8)]:
+        buffer = io.BytesIO()
+        np.savez(buffer, **(arrays | {"__fjdl_structure__": bad}))
+        path.write_bytes(buffer.getvalue())
+        with pytest.raises(CheckpointError, match=rf"{path} is not a valid fjdl checkpoint"):
+            checkpoint.restore(path, state)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mismatched templates
+
+
+def test_mismatched_shape_names_the_leaf(tmp_path, getkey):
+    checkpoint.save(tmp_path / "s.npz", make_state(getkey(), sizes=(4, 20, 7)))
+    with pytest.raises(ValueError) as info:
+        checkpoint.restore(tmp_path / "s.npz", make_state(getkey(), sizes=(4, 20, 8)))
+    message = str(info.value)
+    assert not isinstance(info.value, CheckpointError)
+    assert "leaf .params[1]['W']: shape (20, 7) in file, (20, 8) expected" in message
+    assert "leaf .params[1]['b']: shape (7,) in file, (8,) expected" in message
+    assert "leaf .opt_state.nu[1]['W']: shape (20, 7) in file, (20, 8) expected" in message
+    assert "params[0]" not in message  # the first layer matches
+
+
+def test_mismatched_optimizer_names_the_paths(tmp_path, getkey):
+    adam, momentum = make_state(getkey(), optimizer="adam"), make_state(getkey(), optimizer="m")
+    checkpoint.save(tmp_path / "s.npz", adam)
+    with pytest.raises(ValueError, match=r"tree structure differs") as info:
+        checkpoint.restore(tmp_path / "s.npz", momentum)
+    message = str(info.value)
+    assert "in the file but not expected: .opt_state.mu[0]['W']" in message
+    assert "expected but not in the file: .opt_state.v[0]['W']" in message
+    n_adam, n_momentum = len(jax.tree.leaves(adam)), len(jax.tree.leaves(momentum))
+    assert n_adam == n_momentum + 5  # mu and nu (5 leaves each) instead of v
+    assert f"({n_adam} leaves in file, {n_momentum} expected)" in message
+
+
+def test_extra_layer_is_named(tmp_path):
+    params = ({"W": jnp.ones((2, 3))}, {"W": jnp.ones((3, 1))})
+    checkpoint.save(tmp_path / "p.npz", params)
+    with pytest.raises(ValueError, match=r"in the file but not expected: \[1\]\['W'\]$"):
+        checkpoint.restore(tmp_path / "p.npz", params[:1])
+    with pytest.raises(ValueError, match=r"expected but not in the file: \[2\]\['W'\]$"):
+        checkpoint.restore(tmp_path / "p.npz", (*params, {"W": jnp.ones((1, 1))}))
+
+
+def test_long_lists_of_differences_are_shortened(tmp_path):
+    checkpoint.save(tmp_path / "p.npz", {f"x{i:02d}": jnp.ones(1) for i in range(20)})
+    with pytest.raises(ValueError, match=r"\['x07'\] \(and 12 more\)"):
+        checkpoint.restore(tmp_path / "p.npz", {"y": jnp.ones(1)})
+
+
+def test_pathlib_and_str_paths(tmp_path):
+    tree = {"a": jnp.arange(3)}
+    checkpoint.save(pathlib.Path(tmp_path) / "a.npz", tree)
+    assert_identical(checkpoint.restore(str(tmp_path / "a.npz"), tree), tree)
+
+
+def test_undecodable_leaves_are_refused(tmp_path):
+    path = tmp_path / "a.npz"
+    checkpoint.save(path, {"a": jnp.ones(3, jnp.bfloat16), "k": jax.random.key(0)})
+    rewrite(path, lambda d: d["leaves"][0].update(dtype="float32"))
+    like = {"a": np.zeros(3, np.float32), "k": jax.random.key(1)}
+    with pytest.raises(CheckpointError, match=r"leaf \['a'\] cannot be decoded: float32 cannot"):
+        checkpoint.restore(path, like)
+    checkpoint.save(path, {"k": jax.random.key(0)})
+    rewrite(path, lambda d: d["leaves"][0].update(key_impl="rbg"))  # data of the wrong length
+    with pytest.raises(CheckpointError, match=r"leaf \['k'\] cannot be decoded"):
+        checkpoint.restore(path, {"k": jax.random.key(1)})
+    with pytest.raises(CheckpointError, match=r"leaf \['k'\] cannot be decoded"):
+        checkpoint.load_flat(path)
+
+
+def test_read_metadata_reads_only_the_description(tmp_path):
+    pattern = np.arange(256, dtype=np.uint8)
+    path = tmp_path / "a.npz"
+    checkpoint.save(path, {"a": pattern}, metadata={"epoch": 5, "lr": (0.1, 0.01)})
+    data = bytearray(path.read_bytes())
+    data[data.find(pattern.tobytes()) + 7] ^= 0xFF  # corrupt the array, not the description
+    path.write_bytes(bytes(data))
+    assert checkpoint.read_metadata(path) == {"epoch": 5, "lr": [0.1, 0.01]}  # JSON: a list
+    with pytest.raises(CheckpointError, match="CRC"):
+        checkpoint.restore(path, {"a": pattern})
