@@ -4,7 +4,19 @@ Every function is pure: data in, new data out. Modules import downward: ``nn``, 
 ``batchnorm``, ``initializers``, ``optim`` and ``schedules`` know nothing of training.
 """
 
-from fjdl import batchnorm, checkpoint, data, diagnose, initializers, losses, model, nn
+from fjdl import (
+    batchnorm,
+    checkpoint,
+    data,
+    diagnose,
+    initializers,
+    losses,
+    model,
+    nn,
+    optim,
+    schedules,
+    train,
+)
 from fjdl.model import MLP
 
 __version__ = "0.1.0"
@@ -19,4 +31,7 @@ __all__ = [
     "losses",
     "model",
     "nn",
+    "optim",
+    "schedules",
+    "train",
 ]

@@ -1,0 +1,616 @@
+"""Training: one pure step, and a whole run compiled as one program.
+
+A run is ``lax.scan`` over epochs; inside each epoch, ``lax.scan`` over the full mini-batches and one
+more step on the remainder batch (its own static shape, so it needs neither padding nor a second
+compilation). Nothing returns to Python between steps: the whole of :func:`fit` is one call of one
+compiled function, compiled once per configuration.
+
+Hyperparameters that a person tunes (learning rate, ``lambd``, ``l1``, keep_probs) are arrays in a
+:class:`Hyperparams` tuple, not compile-time constants: changing them between calls, or batching them
+with ``vmap``, reuses the compiled program.
+
+Keys: the run's key lives in :class:`TrainState`. Epoch ``e`` shuffles with
+``fold_in(fold_in(key, 0), e)``; step ``t`` drops out with ``fold_in(fold_in(key, 1), t)``. The same
+key gives the same run, bit for bit.
+"""
+
+import dataclasses
+import math
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fjdl import _checks, losses, model, optim
+from fjdl._types import Params, PRNGKey, State
+from fjdl.model import MLP
+
+OptimizerFactory = Callable[[Any], Any]
+"""``learning_rate (float, array or schedule) -> GradientTransformation``, e.g. ``fjdl.optim.adam``."""
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue: a checkpoint saves exactly this."""
+
+    params: Params
+    model_state: State
+    opt_state: Any
+    step: jax.Array  # int32: optimizer steps taken
+    epoch: jax.Array  # int32: epochs completed (the count of per-epoch schedules)
+    key: PRNGKey
+
+
+class Hyperparams(NamedTuple):
+    """Tunable hyperparameters, as arrays (scalars, or batched under ``vmap``)."""
+
+    learning_rate: jax.Array
+    lambd: jax.Array
+    l1: jax.Array
+    keep_probs: jax.Array  # (n_hidden,); ones where the config has no dropout
+
+
+class History(NamedTuple):
+    """Per-epoch records of a run (arrays of length ``epochs``, one row per epoch run)."""
+
+    cost: jax.Array  # the training objective averaged over the epoch's examples
+    train_accuracy: jax.Array
+    dev_cost: jax.Array  # NaN without a dev set
+    dev_accuracy: jax.Array
+    learning_rate: jax.Array  # the rate used during the epoch
+
+
+class TrainingDiverged(FloatingPointError):
+    """A run produced NaN or Inf. ``state`` holds the last finite state, ``history`` the epochs run."""
+
+    def __init__(self, message, state, history, epoch):
+        super().__init__(message)
+        self.state, self.history, self.epoch = state, history, epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns: the final state, the history, and how the run ended."""
+
+    state: TrainState
+    history: History
+    best_epoch: int | None  # with early stopping: the epoch whose parameters were restored
+    stopped_epoch: int | None  # with early stopping: the epoch at which patience ran out
+
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "gd": optim.gd,
+    "momentum": optim.momentum,
+    "rmsprop": optim.rmsprop,
+    "adam": optim.adam,
+}
+
+
+def make_hyperparams(
+    config: MLP, learning_rate, lambd=0.0, l1=0.0, keep_probs=None, dtype=jnp.float32
+):
+    """A :class:`Hyperparams` with validated values; ``keep_probs`` defaults to the config's."""
+    _checks.check_nonnegative("learning_rate", learning_rate)
+    _checks.check_nonnegative("lambd", lambd)
+    _checks.check_nonnegative("l1", l1)
+    n_hidden = config.n_layers - 1
+    if keep_probs is None:
+        keep_probs = config.keep_probs if config.keep_probs is not None else (1.0,) * n_hidden
+    keep_probs = jnp.broadcast_to(jnp.asarray(keep_probs, dtype), (n_hidden,))
+    _checks.check_keep_prob("keep_probs", keep_probs)
+    return Hyperparams(
+        jnp.asarray(learning_rate, dtype),
+        jnp.asarray(lambd, dtype),
+        jnp.asarray(l1, dtype),
+        keep_probs,
+    )
+
+
+def _resolve_optimizer(optimizer):
+    """A factory ``learning_rate -> GradientTransformation`` from a name, a factory or an instance."""
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        return OPTIMIZERS[optimizer]
+    if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
+        return _Fixed(optimizer)
+    if callable(optimizer):
+        return optimizer
+    raise TypeError(
+        "optimizer must be a name, a factory learning_rate -> GradientTransformation, or a "
+        f"GradientTransformation; got {type(optimizer).__name__}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fixed:
+    """A ready GradientTransformation (e.g. from optax): the learning rate is its own."""
+
+    transformation: Any
+
+    def __call__(self, learning_rate):
+        del learning_rate
+        return self.transformation
+
+
+def _epoch_schedule(schedule, learning_rate):
+    """The learning rate as a function of the epoch count (constant without a schedule)."""
+    if schedule is None:
+        return lambda epoch: learning_rate
+    return schedule(learning_rate)
+
+
+def init_state(
+    key: PRNGKey,
+    config: MLP,
+    optimizer="adam",
+    learning_rate=0.01,
+    *,
+    scheme="he",
+    params: Params | None = None,
+    dtype=jnp.float32,
+) -> TrainState:
+    """A fresh :class:`TrainState`: parameters from ``scheme`` (or the given ``params``), zero counts.
+
+    ``key`` is split in two: one half initializes the parameters, the other becomes the run's key.
+    """
+    init_key, run_key = jax.random.split(key)
+    fresh_params, model_state = model.init(init_key, config, scheme, dtype)
+    if params is not None:
+        model.check_params(config, params)
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    else:
+        params = fresh_params
+    opt = _resolve_optimizer(optimizer)(jnp.asarray(learning_rate, dtype))
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(params, model_state, opt.init(params), zero, zero, run_key)
+
+
+def _objective(config, params, model_state, hp, x, y, key):
+    logits, new_state = model.apply(
+        config, params, model_state, x, key=key, train=True, keep_probs=hp.keep_probs
+    )
+    j = losses.cost(logits, y, params, output=config.output, lambd=hp.lambd, l1=hp.l1)
+    return j, new_state
+
+
+def train_step(
+    config: MLP, opt, state: TrainState, hp: Hyperparams, x, y
+) -> tuple[TrainState, jax.Array]:
+    """One optimizer step on one mini-batch: forward, cost, backprop, update.
+
+    Args:
+      config: the :class:`fjdl.model.MLP`.
+      opt: a ``GradientTransformation`` (fjdl's or optax's).
+      state: the :class:`TrainState`.
+      hp: :class:`Hyperparams` (``lambd``, ``l1`` and ``keep_probs`` are read here; the learning rate
+        is the optimizer's).
+      x, y: the mini-batch, ``(b, n_x)`` and its labels.
+
+    Returns:
+      ``(new_state, cost)``, the cost of this batch before the update.
+    """
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
+    (j, new_model_state), grads = jax.value_and_grad(_objective, argnums=1, has_aux=True)(
+        config, state.params, state.model_state, hp, x, y, dropout_key
+    )
+    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    params = optim.apply_updates(state.params, updates)
+    return state._replace(
+        params=params, model_state=new_model_state, opt_state=opt_state, step=state.step + 1
+    ), j
+
+
+def _metrics(config, params, model_state, hp, X, Y):
+    """Eval-mode cost (with the penalties) and accuracy over a whole set."""
+    logits, _ = model.apply(config, params, model_state, X)
+    j = losses.cost(logits, Y, params, output=config.output, lambd=hp.lambd, l1=hp.l1)
+    return j, _accuracy(config, logits, Y)
+
+
+def _accuracy(config, logits, Y):
+    if config.output == "sigmoid":
+        return jnp.mean(((logits > 0).astype(jnp.int32) == Y.astype(jnp.int32)).astype(jnp.float32))
+    if config.output == "softmax":
+        return jnp.mean((jnp.argmax(logits, -1) == Y).astype(jnp.float32))
+    return jnp.asarray(jnp.nan, jnp.float32)
+
+
+def _select(pred, new, old):
+    """``new`` where ``pred`` else ``old``, leaf by leaf (PRNG keys, which never change, kept)."""
+
+    def pick(n, o):
+        if jax.dtypes.issubdtype(o.dtype, jax.dtypes.prng_key):
+            return o
+        return jnp.where(pred, n, o)
+
+    return jax.tree.map(pick, new, old)
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class _Loop(NamedTuple):
+    state: TrainState
+    best_params: Params
+    best_model_state: State
+    best_cost: jax.Array
+    best_epoch: jax.Array
+    bad_epochs: jax.Array
+    stopped_epoch: jax.Array  # -1 while running
+    diverged_epoch: jax.Array  # -1 while finite
+
+
+@partial(
+    jax.jit,
+    static_argnames=(
+        "config",
+        "optimizer",
+        "schedule",
+        "batch_size",
+        "epochs",
+        "patience",
+        "progress_every",
+        "eval_every",
+    ),
+)
+def run_epochs(
+    state: TrainState,
+    hp: Hyperparams,
+    X,
+    Y,
+    X_dev,
+    Y_dev,
+    min_delta,
+    *,
+    config: MLP,
+    optimizer,
+    schedule,
+    batch_size: int,
+    epochs: int,
+    patience: int | None,
+    progress_every: int | None,
+    eval_every: int = 1,
+):
+    """The compiled run: ``epochs`` epochs of mini-batch training from ``state``.
+
+    Static: the config, the optimizer factory, the schedule factory, the batch size, the number of
+    epochs, the patience, the progress interval and the evaluation interval. Everything else is an array: calling again with
+    new hyperparameters, data of the same shape or a later state reuses the compiled program.
+
+    Returns ``(loop, history)``: the final :class:`_Loop` carry and the per-epoch :class:`History`.
+    """
+    m = X.shape[0]
+    n_full, remainder = divmod(m, batch_size)
+    lr_of_epoch = _epoch_schedule(schedule, hp.learning_rate)
+    # The optimizer counts steps; the schedule counts epochs: the step count maps to its epoch.
+    steps_per_epoch = n_full + (remainder > 0)
+    opt = optimizer(lambda count: lr_of_epoch(count // steps_per_epoch))
+    has_dev = X_dev is not None
+
+    def one_epoch(loop: _Loop, _):
+        state = loop.state
+        epoch = state.epoch
+        if n_full == 1 and not remainder:
+            # Full batch: the data in order, no gather. (Shuffling would change only rounding.)
+            new_state, cost = train_step(config, opt, state, hp, X, Y)
+        else:
+            shuffle_key = jax.random.fold_in(jax.random.fold_in(state.key, 0), epoch)
+            perm = jax.random.permutation(shuffle_key, m)
+            full = perm[: n_full * batch_size].reshape(n_full, batch_size)
+
+            def batch_step(s, idx):
+                return train_step(config, opt, s, hp, X[idx], Y[idx])
+
+            new_state, costs = jax.lax.scan(batch_step, state, full)
+            # The epoch's cost: the mean over its examples (each batch weighted by its size).
+            cost = jnp.sum(costs) * batch_size
+            if remainder:
+                idx = perm[n_full * batch_size :]
+                new_state, j = train_step(config, opt, new_state, hp, X[idx], Y[idx])
+                cost = cost + j * remainder
+            cost = cost / m
+        new_state = new_state._replace(epoch=new_state.epoch + 1)
+        evaluate_now = (epoch + 1) % eval_every == 0
+
+        def metrics(_):
+            _, train_acc = _metrics(config, new_state.params, new_state.model_state, hp, X, Y)
+            if has_dev:
+                dev_cost, dev_acc = _metrics(
+                    config, new_state.params, new_state.model_state, hp, X_dev, Y_dev
+                )
+            else:
+                dev_cost = dev_acc = jnp.asarray(jnp.nan, cost.dtype)
+            return jnp.stack([train_acc.astype(cost.dtype), dev_cost, dev_acc.astype(cost.dtype)])
+
+        nan3 = jnp.full((3,), jnp.nan, cost.dtype)
+        if eval_every == 1:
+            train_acc, dev_cost, dev_acc = metrics(None)
+        else:
+            train_acc, dev_cost, dev_acc = jax.lax.cond(evaluate_now, metrics, lambda _: nan3, None)
+        finite = jnp.isfinite(cost) & _all_finite(new_state.params)
+        running = (loop.stopped_epoch < 0) & (loop.diverged_epoch < 0)
+        accept = running & finite
+        diverged_epoch = jnp.where(running & ~finite, epoch, loop.diverged_epoch)
+        # Keep the old state when not accepted: the last finite state survives a divergence.
+        kept = _select(accept, new_state, state)
+        best_params, best_ms = loop.best_params, loop.best_model_state
+        best_cost, best_epoch, bad, stopped = (
+            loop.best_cost,
+            loop.best_epoch,
+            loop.bad_epochs,
+            loop.stopped_epoch,
+        )
+        if patience is not None:
+            improved = accept & evaluate_now & (dev_cost < best_cost - min_delta)
+            best_params = _select(improved, kept.params, best_params)
+            best_ms = _select(improved, kept.model_state, best_ms)
+            best_cost = jnp.where(improved, dev_cost, best_cost)
+            best_epoch = jnp.where(improved, epoch, best_epoch)
+            bad = jnp.where(improved, 0, jnp.where(accept & evaluate_now, bad + 1, bad))
+            stopped = jnp.where(accept & (bad >= patience), epoch, stopped)
+        if progress_every:
+            _report_progress(epoch, cost, dev_cost, progress_every)
+        record = History(
+            cost=jnp.where(accept, cost, jnp.nan).astype(jnp.float32),
+            train_accuracy=jnp.where(accept, train_acc, jnp.nan).astype(jnp.float32),
+            dev_cost=jnp.where(accept, dev_cost, jnp.nan).astype(jnp.float32),
+            dev_accuracy=jnp.where(accept, dev_acc, jnp.nan).astype(jnp.float32),
+            learning_rate=jnp.asarray(lr_of_epoch(epoch), jnp.float32),
+        )
+        loop = _Loop(
+            kept, best_params, best_ms, best_cost, best_epoch, bad, stopped, diverged_epoch
+        )
+        return loop, record
+
+    def maybe_epoch(loop, x):
+        # Once stopped (patience ran out, or NaN), the remaining epochs do nothing.
+        done = (loop.stopped_epoch >= 0) | (loop.diverged_epoch >= 0)
+        nan_record = History(*(jnp.asarray(jnp.nan, jnp.float32),) * 5)
+        return jax.lax.cond(done, lambda l, _: (l, nan_record), one_epoch, loop, x)
+
+    minus_one = jnp.asarray(-1, jnp.int32)
+    loop = _Loop(
+        state,
+        state.params,
+        state.model_state,
+        jnp.asarray(jnp.inf, X.dtype),
+        minus_one,
+        jnp.zeros((), jnp.int32),
+        minus_one,
+        minus_one,
+    )
+    return jax.lax.scan(maybe_epoch, loop, None, length=epochs)
+
+
+_PROGRESS: dict[str, Any] = {}
+
+
+def _report_progress(epoch, cost, dev_cost, every):
+    def callback(epoch, cost, dev_cost):
+        bar = _PROGRESS.get("bar")
+        if bar is not None:
+            bar.update(int(epoch) + 1 - bar.n)
+            post = {"cost": f"{float(cost):.4g}"}
+            if np.isfinite(dev_cost):
+                post["dev"] = f"{float(dev_cost):.4g}"
+            bar.set_postfix(post, refresh=False)
+
+    jax.lax.cond(
+        (epoch + 1) % every == 0,
+        lambda: jax.debug.callback(callback, epoch, cost, dev_cost),
+        lambda: None,
+    )
+
+
+def _check_data(config: MLP, name: str, X, Y):
+    X = jnp.asarray(X)
+    Y = jnp.asarray(Y)
+    if X.ndim != 2 or X.shape[1] != config.sizes[0]:
+        raise ValueError(f"{name} X must have shape (m, {config.sizes[0]}), got {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} set is empty: X has 0 examples")
+    if Y.shape[:1] != X.shape[:1]:
+        raise ValueError(
+            f"{name} Y must have {X.shape[0]} labels (one per example), got shape {Y.shape}"
+        )
+    if config.output == "sigmoid":
+        _checks.check_shape(f"{name} Y", Y, (X.shape[0],))
+        y = np.asarray(Y)
+        if not np.all((y == 0) | (y == 1)):
+            raise ValueError(f"{name} Y must hold binary labels in {{0, 1}}, got other values")
+        Y = Y.astype(X.dtype)
+    elif config.output == "softmax":
+        _checks.check_shape(f"{name} Y", Y, (X.shape[0],))
+        y = np.asarray(Y)
+        n_classes = config.sizes[-1]
+        if not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y)):
+            raise ValueError(f"{name} Y must hold integer class labels")
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(
+                f"{name} Y must hold class labels in [0, {n_classes}), got {y.min()} to {y.max()}"
+            )
+        Y = Y.astype(jnp.int32)
+    else:
+        Y = Y.astype(X.dtype)
+    return X, Y
+
+
+def fit(
+    config: MLP,
+    X,
+    Y,
+    *,
+    key: PRNGKey,
+    optimizer="adam",
+    learning_rate=0.001,
+    epochs: int = 100,
+    batch_size: int | None = None,
+    lambd=0.0,
+    l1=0.0,
+    keep_probs=None,
+    schedule=None,
+    dev=None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    scheme="he",
+    params: Params | None = None,
+    state: TrainState | None = None,
+    progress: bool | None = None,
+    on_divergence: str = "raise",
+    eval_every: int = 1,
+) -> FitResult:
+    """Train ``config`` on ``(X, Y)``: one compiled run of ``epochs`` epochs of mini-batch training.
+
+    Args:
+      config: the :class:`fjdl.model.MLP`.
+      X, Y: training data, ``(m, n_x)`` and ``(m,)`` labels (0/1 for sigmoid, classes for softmax).
+      key: the PRNG key of the run: initialization, shuffling and dropout all derive from it.
+      optimizer: ``"gd"``, ``"momentum"``, ``"rmsprop"``, ``"adam"``, a factory
+        ``learning_rate -> GradientTransformation`` (e.g. ``partial(fjdl.optim.momentum, beta=0.95)``),
+        or a ready ``GradientTransformation`` such as ``optax.adam(1e-3)`` (which keeps its own rate).
+      learning_rate: the (initial) learning rate ``alpha``.
+      epochs: number of passes over the data (> 0).
+      batch_size: mini-batch size; ``None`` for full-batch gradient descent. The last batch holds the
+        remainder.
+      lambd: L2 strength; l1: L1 strength (both in the cost, see :func:`fjdl.losses.cost`).
+      keep_probs: dropout keep probability per hidden layer (overrides the config's values).
+      schedule: per-epoch decay, a function ``lr0 -> (epoch -> lr)``, e.g.
+        ``lambda lr0: fjdl.schedules.inverse_time_decay(lr0, 1.0, time_interval=1000)``.
+      dev: optional ``(X_dev, Y_dev)``: its cost and accuracy are recorded every epoch.
+      patience: early stopping: stop after this many epochs without the dev cost improving by more
+        than ``min_delta``, and restore the parameters of the best epoch. Needs ``dev``.
+      scheme: weight initialization scheme (see :mod:`fjdl.initializers`).
+      params: start from these parameters (e.g. to reproduce a published run) instead of ``scheme``.
+      state: continue from this :class:`TrainState` (its optimizer state, step, epoch and key).
+      progress: show a progress bar (tqdm); default: only when stderr is a terminal.
+      on_divergence: ``"raise"`` (default) raises :class:`TrainingDiverged` carrying the last finite
+        state; ``"stop"`` returns it.
+      eval_every: compute the eval-mode train accuracy and the dev metrics every this many epochs
+        (NaN in the history in between; the training cost is recorded every epoch regardless). With
+        early stopping, patience counts evaluations.
+
+    Returns:
+      A :class:`FitResult` with the final (or best, with early stopping) state and the history.
+
+    Raises:
+      TrainingDiverged: the cost or the parameters became NaN or Inf; the error names the epoch and
+        holds ``state`` (the last finite one) and ``history``.
+    """
+    if not isinstance(config, MLP):
+        raise TypeError(f"config must be an fjdl.model.MLP, got {type(config).__name__}")
+    X, Y = _check_data(config, "training", X, Y)
+    m = X.shape[0]
+    _checks.check_positive_int("epochs", epochs)
+    if batch_size is None:
+        batch_size = m
+    _checks.check_positive_int("batch_size", batch_size)
+    batch_size = min(batch_size, m)
+    if dev is not None:
+        X_dev, Y_dev = _check_data(config, "dev", *dev)
+    else:
+        X_dev = Y_dev = None
+    if patience is not None:
+        _checks.check_positive_int("patience", patience)
+        if dev is None:
+            raise ValueError("early stopping (patience) needs a dev set: pass dev=(X_dev, Y_dev)")
+    _checks.check_nonnegative("min_delta", min_delta)
+    _checks.check_positive_int("eval_every", eval_every)
+    if on_divergence not in ("raise", "stop"):
+        raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
+    factory = _resolve_optimizer(optimizer)
+    if schedule is not None and isinstance(factory, _Fixed):
+        raise ValueError(
+            "a schedule needs an optimizer fjdl builds (a name or a factory), not a ready one"
+        )
+    hp = make_hyperparams(config, learning_rate, lambd, l1, keep_probs, X.dtype)
+    if state is None:
+        state = init_state(
+            key, config, factory, learning_rate, scheme=scheme, params=params, dtype=X.dtype
+        )
+    if progress is None:
+        progress = sys.stderr.isatty()
+    every = max(1, epochs // 100) if progress else None
+    bar = _open_bar(epochs, every) if progress else None
+    try:
+        loop, history = run_epochs(
+            state,
+            hp,
+            X,
+            Y,
+            X_dev,
+            Y_dev,
+            jnp.asarray(min_delta, X.dtype),
+            config=config,
+            optimizer=factory,
+            schedule=schedule,
+            batch_size=batch_size,
+            epochs=epochs,
+            patience=patience,
+            progress_every=every,
+            eval_every=eval_every,
+        )
+        jax.block_until_ready(loop)
+    finally:
+        if bar is not None:
+            jax.effects_barrier()
+            bar.close()
+            _PROGRESS.pop("bar", None)
+    return _finish(loop, history, patience, on_divergence)
+
+
+def _open_bar(epochs, every):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress is optional: pip install tqdm
+        return None
+    bar = tqdm(total=epochs, unit="epoch", leave=False, mininterval=0.2)
+    _PROGRESS["bar"] = bar
+    return bar
+
+
+def _finish(loop: _Loop, history: History, patience, on_divergence) -> FitResult:
+    diverged = int(loop.diverged_epoch)
+    stopped = int(loop.stopped_epoch)
+    n_run = len(history.cost)
+    if diverged >= 0:
+        n_run = diverged
+    elif stopped >= 0:
+        n_run = stopped + 1
+    history = History(*(np.asarray(h)[:n_run] for h in history))
+    state = loop.state
+    best_epoch = None
+    if patience is not None and int(loop.best_epoch) >= 0:
+        best_epoch = int(loop.best_epoch)
+        state = state._replace(params=loop.best_params, model_state=loop.best_model_state)
+    if diverged >= 0 and on_divergence == "raise":
+        raise TrainingDiverged(
+            f"training diverged at epoch {diverged}: the cost or the parameters became NaN or Inf "
+            "(try a smaller learning rate); the error's .state holds the last finite state",
+            state,
+            history,
+            diverged,
+        )
+    return FitResult(state, history, best_epoch, stopped if stopped >= 0 else None)
+
+
+def evaluate(config: MLP, params: Params, model_state: State, X, Y, *, lambd=0.0, l1=0.0) -> dict:
+    """Eval-mode cost (with the given penalties) and accuracy on ``(X, Y)``, as Python floats."""
+    X, Y = _check_data(config, "evaluation", X, Y)
+    hp = make_hyperparams(config, 0.0, lambd, l1, dtype=X.dtype)
+    j, acc = jax.jit(_metrics, static_argnums=0)(config, params, model_state, hp, X, Y)
+    return {"cost": float(j), "accuracy": float(acc), "error": 1.0 - float(acc)}
+
+
+def predict(config: MLP, params: Params, model_state: State, X) -> jax.Array:
+    """Eval-mode predictions: 0/1 for sigmoid, the class for softmax, values for linear."""
+    return model.predict(config, params, model_state, X)
+
+
+def n_steps_per_epoch(m: int, batch_size: int | None) -> int:
+    """Number of optimizer steps in one epoch: ``ceil(m / batch_size)``."""
+    return 1 if batch_size is None else math.ceil(m / min(batch_size, m))

@@ -1,0 +1,288 @@
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fjdl import data, losses, model, optim, schedules, train
+from fjdl.model import MLP
+
+
+@pytest.fixture(scope="module")
+def moons():
+    X, Y = data.make_moons(jax.random.key(0), 148, noise=0.2)
+    return np.asarray(X), np.asarray(Y)
+
+
+def _manual_run(config, X, Y, key, opt, epochs, batch_size, lambd=0.0):
+    """The same run written step by step in Python, from fjdl's documented key scheme."""
+    state = train.init_state(key, config, lambda lr: opt, 0.0)
+    hp = train.make_hyperparams(config, 0.0, lambd)
+    m = X.shape[0]
+    costs = []
+    for epoch in range(epochs):
+        perm = jax.random.permutation(
+            jax.random.fold_in(jax.random.fold_in(state.key, 0), epoch), m
+        )
+        if batch_size >= m:
+            perm = jnp.arange(m)
+        total = 0.0
+        for start in range(0, m, batch_size):
+            idx = perm[start : start + batch_size]
+            state, j = train.train_step(config, opt, state, hp, X[idx], Y[idx])
+            total += float(j) * len(idx)
+        costs.append(total / m)
+        state = state._replace(epoch=state.epoch + 1)
+    return state, np.array(costs)
+
+
+def test_fit_equals_the_step_by_step_loop(moons):
+    X, Y = moons
+    config = MLP((2, 5, 3, 1), keep_probs=0.9)
+    opt = optim.adam(0.01)
+    key = jax.random.key(4)
+    result = train.fit(config, X, Y, key=key, optimizer=opt, epochs=3, batch_size=64, lambd=0.1)
+    state, costs = _manual_run(config, X, Y, key, opt, 3, 64, lambd=0.1)
+    chex.assert_trees_all_close(result.state.params, state.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.history.cost, costs, rtol=1e-5)
+    assert int(result.state.step) == 3 * 3 and int(result.state.epoch) == 3
+
+
+def test_same_key_same_history_bit_for_bit(moons):
+    X, Y = moons
+    config = MLP((2, 8, 1), keep_probs=0.8)
+    kwargs = dict(key=jax.random.key(1), learning_rate=0.01, epochs=20, batch_size=32)
+    a = train.fit(config, X, Y, **kwargs)
+    b = train.fit(config, X, Y, **kwargs)
+    chex.assert_trees_all_equal(a.history, b.history)
+    chex.assert_trees_all_equal(a.state, b.state)
+    c = train.fit(config, X, Y, **{**kwargs, "key": jax.random.key(2)})
+    assert not np.array_equal(a.history.cost, c.history.cost)
+
+
+def test_fit_compiles_once(moons):
+    X, Y = moons
+    config = MLP((2, 4, 1))
+    run = train.run_epochs
+    before = run._cache_size()
+    for lr in (0.01, 0.02, 0.05):  # new hyperparameters, same program
+        train.fit(
+            config, X, Y, key=jax.random.key(0), learning_rate=lr, lambd=lr, epochs=5, batch_size=50
+        )
+    assert run._cache_size() == before + 1
+
+
+def test_fit_with_optax_optimizer_matches_fjdl(moons):
+    X, Y = moons
+    config = MLP((2, 6, 1))
+    # float64, so that the comparison sees the update rules and not float32 rounding.
+    with (
+        jax.enable_x64(True),
+        jax.numpy_dtype_promotion("standard"),
+    ):  # optax mixes int32 and floats
+        X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+        kw = dict(key=jax.random.key(3), epochs=10, batch_size=64)
+        ours = train.fit(config, X64, Y64, optimizer="adam", learning_rate=0.01, **kw)
+        theirs = train.fit(config, X64, Y64, optimizer=optax.adam(0.01), **kw)
+        assert ours.state.params[0]["W"].dtype == jnp.float64
+    chex.assert_trees_all_close(ours.state.params, theirs.state.params, rtol=1e-10, atol=1e-12)
+
+
+def test_schedule_is_stepped_per_epoch(moons):
+    X, Y = moons
+    config = MLP((2, 4, 1))
+    result = train.fit(
+        config,
+        X,
+        Y,
+        key=jax.random.key(0),
+        optimizer="gd",
+        learning_rate=0.5,
+        epochs=6,
+        batch_size=64,
+        schedule=lambda lr0: schedules.inverse_time_decay(lr0, 1.0, time_interval=2),
+    )
+    np.testing.assert_allclose(
+        result.history.learning_rate, 0.5 / (1 + np.array([0, 0, 1, 1, 2, 2]))
+    )
+
+
+def test_full_batch_gd_is_the_course_update(moons):
+    X, Y = moons
+    config = MLP((2, 3, 1))
+    params, state = model.init(jax.random.key(9), config)
+    result = train.fit(
+        config,
+        X,
+        Y,
+        key=jax.random.key(0),
+        optimizer="gd",
+        learning_rate=0.1,
+        epochs=4,
+        params=params,
+    )
+    p = params
+    for _ in range(4):
+        g = jax.grad(lambda p: losses.binary_cross_entropy(model.apply(config, p, state, X)[0], Y))(
+            p
+        )
+        p = jax.tree.map(lambda w, d: w - 0.1 * d, p, g)
+    chex.assert_trees_all_close(result.state.params, p, rtol=1e-5, atol=1e-6)
+
+
+def test_remainder_batch_counts_once(moons):
+    X, Y = moons  # 148 examples: batches of 64, 64 and 20
+    config = MLP((2, 3, 1))
+    result = train.fit(
+        config,
+        X,
+        Y,
+        key=jax.random.key(0),
+        optimizer="gd",
+        learning_rate=0.0,
+        epochs=1,
+        batch_size=64,
+    )
+    assert int(result.state.step) == 3
+    # With a zero learning rate every batch sees the initial parameters: the epoch cost is the mean.
+    params, state = model.init(jax.random.split(jax.random.key(0))[0], config)
+    full = losses.binary_cross_entropy(model.apply(config, params, state, X)[0], jnp.asarray(Y))
+    np.testing.assert_allclose(result.history.cost[0], full, rtol=1e-6)
+
+
+def test_early_stopping_restores_best_dev_cost(moons):
+    X, Y = moons
+    X_dev, Y_dev = data.make_moons(jax.random.key(7), 60, noise=0.4)
+    config = MLP((2, 64, 64, 1))
+    result = train.fit(
+        config,
+        X,
+        Y,
+        key=jax.random.key(0),
+        learning_rate=0.05,
+        epochs=300,
+        batch_size=32,
+        dev=(X_dev, Y_dev),
+        patience=10,
+    )
+    assert result.stopped_epoch is not None and result.stopped_epoch < 299
+    h = result.history
+    assert len(h.cost) == result.stopped_epoch + 1
+    best = int(np.argmin(h.dev_cost))
+    assert result.best_epoch == best
+    assert result.stopped_epoch - best == 10
+    restored = train.evaluate(config, result.state.params, result.state.model_state, X_dev, Y_dev)
+    np.testing.assert_allclose(restored["cost"], h.dev_cost[best], rtol=1e-5)
+
+
+def test_divergence_stops_with_the_last_finite_state(moons):
+    X, Y = moons
+    config = MLP((2, 16, 1))
+    with pytest.raises(train.TrainingDiverged, match="diverged at epoch") as info:
+        train.fit(
+            config, X * 1e3, Y, key=jax.random.key(0), optimizer="gd", learning_rate=1e30, epochs=50
+        )
+    err = info.value
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(err.state.params))
+    assert len(err.history.cost) == err.epoch
+    assert int(err.state.epoch) == err.epoch
+    stopped = train.fit(
+        config,
+        X * 1e3,
+        Y,
+        key=jax.random.key(0),
+        optimizer="gd",
+        learning_rate=1e30,
+        epochs=50,
+        on_divergence="stop",
+    )
+    chex.assert_trees_all_equal(stopped.state.params, err.state.params)
+
+
+def test_batchnorm_and_softmax_train():
+    X, Y = data.make_spirals(jax.random.key(0), 300, n_classes=3, noise=0.1)
+    config = MLP((2, 32, 32, 3), output="softmax", batchnorm=True)
+    result = train.fit(
+        config, X, Y, key=jax.random.key(1), learning_rate=0.01, epochs=100, batch_size=64
+    )
+    assert result.history.train_accuracy[-1] > result.history.train_accuracy[0]
+    assert result.history.train_accuracy[-1] > 0.8
+    assert not np.allclose(result.state.model_state[0]["mean"], 0.0)
+
+
+def test_continue_from_state_equals_one_run(moons):
+    X, Y = moons
+    config = MLP((2, 5, 1))
+    kw = dict(learning_rate=0.01, batch_size=50)
+    whole = train.fit(config, X, Y, key=jax.random.key(0), epochs=6, **kw)
+    half = train.fit(config, X, Y, key=jax.random.key(0), epochs=3, **kw)
+    rest = train.fit(config, X, Y, key=jax.random.key(0), epochs=3, state=half.state, **kw)
+    chex.assert_trees_all_equal(rest.state, whole.state)
+
+
+def test_vmap_over_learning_rates_equals_separate_runs(moons):
+    X, Y = moons
+    config = MLP((2, 4, 1))
+    key = jax.random.key(0)
+    lrs = jnp.array([0.001, 0.01, 0.1])
+    state0 = train.init_state(key, config, "adam", 0.01)
+    run = functools.partial(
+        train.run_epochs,
+        config=config,
+        optimizer=optim.adam,
+        schedule=None,
+        batch_size=64,
+        epochs=4,
+        patience=None,
+        progress_every=None,
+    )
+
+    def one(lr):
+        hp = train.make_hyperparams(config, 0.01)._replace(learning_rate=lr)
+        loop, hist = run(state0, hp, X, Y, None, None, jnp.float32(0))
+        return loop.state.params, hist.cost
+
+    params, costs = jax.vmap(one)(lrs)
+    for i, lr in enumerate([0.001, 0.01, 0.1]):
+        r = train.fit(config, X, Y, key=key, learning_rate=lr, epochs=4, batch_size=64)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a, i=i: a[i], params), r.state.params, rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(costs[i], r.history.cost, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(epochs=0), "epochs"),
+        (dict(learning_rate=-0.1), "learning_rate"),
+        (dict(keep_probs=1.5), "keep_probs"),
+        (dict(patience=3), "dev"),
+        (dict(optimizer="sgdx"), "optimizer"),
+        (dict(lambd=-1.0), "lambd"),
+    ],
+)
+def test_bad_arguments(moons, kwargs, match):
+    X, Y = moons
+    with pytest.raises((ValueError, TypeError), match=match):
+        train.fit(MLP((2, 3, 1)), X, Y, key=jax.random.key(0), **{"epochs": 2, **kwargs})
+
+
+def test_bad_data():
+    config = MLP((2, 3, 1))
+    k = jax.random.key(0)
+    with pytest.raises(ValueError, match="empty"):
+        train.fit(config, np.zeros((0, 2), np.float32), np.zeros(0, np.float32), key=k)
+    with pytest.raises(ValueError, match=r"shape \(m, 2\)"):
+        train.fit(config, np.zeros((5, 3), np.float32), np.zeros(5, np.float32), key=k)
+    with pytest.raises(ValueError, match="binary labels"):
+        train.fit(config, np.zeros((2, 2), np.float32), np.array([0.0, 2.0], np.float32), key=k)
+    with pytest.raises(ValueError, match="labels"):
+        train.fit(config, np.zeros((3, 2), np.float32), np.zeros(2, np.float32), key=k)
+    sm = MLP((2, 3, 3), output="softmax")
+    with pytest.raises(ValueError, match=r"class labels in \[0, 3\)"):
+        train.fit(sm, np.zeros((2, 2), np.float32), np.array([0, 3]), key=k)
