@@ -16,6 +16,7 @@ from fjdl import (
     optim,
     schedules,
     train,
+    trajectories,
 )
 from fjdl.model import MLP
 
@@ -34,4 +35,5 @@ __all__ = [
     "optim",
     "schedules",
     "train",
+    "trajectories",
 ]

@@ -97,7 +97,7 @@ class EwaState(NamedTuple):
 
 
 def _cast(x, like):
-    """``x`` in the dtype of ``like``. Python numbers stay weakly typed (``1 - beta`` stays exact)."""
+    """``x`` in the dtype of ``like``; Python numbers stay weak (``1 - beta`` stays exact)."""
     if type(x) in (int, float):
         return x
     return jnp.asarray(x, like.dtype)
@@ -213,7 +213,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
       >>> print(apply_updates({"W": jnp.array([1.0, 2.0])}, {"W": jnp.array([-0.5, 0.5])})["W"])
       [0.5 2.5]
     """
-    return jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
+    return jax.tree.map(
+        lambda p, u: jnp.asarray(p + u).astype(jnp.asarray(p).dtype), params, updates
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,8 +420,9 @@ def momentum(
     .. warning::
       ``optax.sgd(lr, momentum=beta)``, ``torch.optim.SGD(momentum=beta)`` and Keras' ``SGD`` use
       the heavy-ball form: the course's ``momentum(lr, beta)`` equals
-      ``optax.sgd(lr * (1 - beta), momentum=beta)``. PyTorch's ``dampening=1 - beta`` gives the
-      course's average except on the first step, where PyTorch sets ``v = dW`` without damping.
+      ``optax.sgd(lr * (1 - beta), momentum=beta)``. PyTorch's ``SGD(momentum=beta,
+      dampening=beta)`` (it weights ``dW`` by ``1 - dampening``) gives the course's average except
+      on its first step, where it sets ``v = dW`` without damping (here ``v = (1 - beta) dW``).
 
     References:
       Polyak, 1964, *Some methods of speeding up the convergence of iteration methods*.
@@ -578,10 +581,12 @@ def adam(
       [-0.1  0.1]
 
     .. warning::
-      Keras' ``Adam`` documents its ``epsilon`` as "epsilon hat" of the paper's section 2.1 (added
-      to the root of the uncorrected ``s``); at equal values the two differ a little in the first
-      steps. optax's ``adam(b1, b2, eps)`` is this formula (``optax.adamw`` the ``weight_decay``
-      form); PyTorch's ``Adam(weight_decay=...)`` is the coupled ``l2``, ``AdamW`` the decoupled.
+      Keras' ``Adam`` documents its ``epsilon`` as the paper's "epsilon hat" (the formula just
+      before section 2.1): added to the root of the *uncorrected* ``s``, with the corrections
+      folded into the rate. It equals ``epsilon = epsilon_hat / sqrt(1 - beta2^t)`` here, about
+      32 times larger at t = 1 with beta2 = 0.999, and the same once ``beta2^t`` is small.
+      optax's ``adam(b1, b2, eps)`` is this formula (``optax.adamw`` the ``weight_decay`` form);
+      PyTorch's ``Adam(weight_decay=...)`` is the coupled ``l2``, ``AdamW`` the decoupled.
       Decoupled decay is multiplied by the learning rate here, as in optax and PyTorch.
 
     References:
