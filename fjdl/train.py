@@ -235,7 +235,10 @@ def _all_finite(tree):
 
 
 class _Loop(NamedTuple):
+    """The carry of the compiled loop over epochs."""
+
     state: TrainState
+    previous: TrainState  # the state before the last epoch: the last finite one after a NaN
     best_params: Params
     best_model_state: State
     best_cost: jax.Array
@@ -243,6 +246,8 @@ class _Loop(NamedTuple):
     bad_epochs: jax.Array
     stopped_epoch: jax.Array  # -1 while running
     diverged_epoch: jax.Array  # -1 while finite
+    i: jax.Array  # epochs run in this call
+    history: History  # (epochs,) buffers, NaN where not run
 
 
 @partial(
@@ -276,13 +281,19 @@ def run_epochs(
     progress_every: int | None,
     eval_every: int = 1,
 ):
-    """The compiled run: ``epochs`` epochs of mini-batch training from ``state``.
+    """The compiled run: up to ``epochs`` epochs of mini-batch training from ``state``.
 
     Static: the config, the optimizer factory, the schedule factory, the batch size, the number of
-    epochs, the patience, the progress interval and the evaluation interval. Everything else is an array: calling again with
-    new hyperparameters, data of the same shape or a later state reuses the compiled program.
+    epochs, the patience, the progress interval and the evaluation interval. Everything else is an
+    array: calling again with new hyperparameters, data of the same shape or a later state reuses
+    the compiled program.
 
-    Returns ``(loop, history)``: the final :class:`_Loop` carry and the per-epoch :class:`History`.
+    The epochs run in a ``lax.while_loop`` that ends early when the cost or the parameters stop
+    being finite, or when early stopping's patience runs out. Keeping the state before each epoch
+    in the carry costs nothing measurable and makes the last finite state available after a NaN.
+
+    Returns ``(loop, history)``: the final :class:`_Loop` carry (``loop.state`` is the last finite
+    state) and the per-epoch :class:`History` (NaN for epochs not run).
     """
     m = X.shape[0]
     n_full, remainder = divmod(m, batch_size)
@@ -292,8 +303,7 @@ def run_epochs(
     opt = optimizer(lambda count: lr_of_epoch(count // steps_per_epoch))
     has_dev = X_dev is not None
 
-    def one_epoch(loop: _Loop, _):
-        state = loop.state
+    def run_one_epoch(state: TrainState):
         epoch = state.epoch
         if n_full == 1 and not remainder:
             # Full batch: the data in order, no gather. (Shuffling would change only rounding.)
@@ -314,77 +324,87 @@ def run_epochs(
                 new_state, j = train_step(config, opt, new_state, hp, X[idx], Y[idx])
                 cost = cost + j * remainder
             cost = cost / m
-        new_state = new_state._replace(epoch=new_state.epoch + 1)
-        evaluate_now = (epoch + 1) % eval_every == 0
+        return new_state._replace(epoch=epoch + 1), cost
 
-        def metrics(_):
-            _, train_acc = _metrics(config, new_state.params, new_state.model_state, hp, X, Y)
-            if has_dev:
-                dev_cost, dev_acc = _metrics(
-                    config, new_state.params, new_state.model_state, hp, X_dev, Y_dev
-                )
-            else:
-                dev_cost = dev_acc = jnp.asarray(jnp.nan, cost.dtype)
-            return jnp.stack([train_acc.astype(cost.dtype), dev_cost, dev_acc.astype(cost.dtype)])
-
-        nan3 = jnp.full((3,), jnp.nan, cost.dtype)
-        if eval_every == 1:
-            train_acc, dev_cost, dev_acc = metrics(None)
+    def metrics(new_state, cost):
+        _, train_acc = _metrics(config, new_state.params, new_state.model_state, hp, X, Y)
+        if has_dev:
+            dev_cost, dev_acc = _metrics(
+                config, new_state.params, new_state.model_state, hp, X_dev, Y_dev
+            )
         else:
-            train_acc, dev_cost, dev_acc = jax.lax.cond(evaluate_now, metrics, lambda _: nan3, None)
+            dev_cost = dev_acc = jnp.asarray(jnp.nan, cost.dtype)
+        return jnp.stack([train_acc.astype(cost.dtype), dev_cost, dev_acc.astype(cost.dtype)])
+
+    def body(loop: _Loop) -> _Loop:
+        state, i = loop.state, loop.i
+        epoch = state.epoch
+        new_state, cost = run_one_epoch(state)
+        evaluate_now = (i + 1) % eval_every == 0
+        if eval_every == 1:
+            train_acc, dev_cost, dev_acc = metrics(new_state, cost)
+        else:
+            nan3 = jnp.full((3,), jnp.nan, cost.dtype)
+            train_acc, dev_cost, dev_acc = jax.lax.cond(
+                evaluate_now, metrics, lambda *_: nan3, new_state, cost
+            )
         finite = jnp.isfinite(cost) & _all_finite(new_state.params)
-        running = (loop.stopped_epoch < 0) & (loop.diverged_epoch < 0)
-        accept = running & finite
-        diverged_epoch = jnp.where(running & ~finite, epoch, loop.diverged_epoch)
-        # Keep the old state when not accepted: the last finite state survives a divergence.
-        kept = _select(accept, new_state, state)
+        diverged_epoch = jnp.where(finite, loop.diverged_epoch, epoch)
         best_params, best_ms = loop.best_params, loop.best_model_state
-        best_cost, best_epoch, bad, stopped = (
-            loop.best_cost,
-            loop.best_epoch,
-            loop.bad_epochs,
-            loop.stopped_epoch,
-        )
+        best_cost, best_epoch = loop.best_cost, loop.best_epoch
+        bad, stopped = loop.bad_epochs, loop.stopped_epoch
         if patience is not None:
-            improved = accept & evaluate_now & (dev_cost < best_cost - min_delta)
-            best_params = _select(improved, kept.params, best_params)
-            best_ms = _select(improved, kept.model_state, best_ms)
+            improved = finite & evaluate_now & (dev_cost < best_cost - min_delta)
+            best_params = _select(improved, new_state.params, best_params)
+            best_ms = _select(improved, new_state.model_state, best_ms)
             best_cost = jnp.where(improved, dev_cost, best_cost)
             best_epoch = jnp.where(improved, epoch, best_epoch)
-            bad = jnp.where(improved, 0, jnp.where(accept & evaluate_now, bad + 1, bad))
-            stopped = jnp.where(accept & (bad >= patience), epoch, stopped)
+            bad = jnp.where(improved, 0, jnp.where(evaluate_now, bad + 1, bad))
+            stopped = jnp.where(finite & (bad >= patience), epoch, stopped)
         if progress_every:
-            _report_progress(epoch, cost, dev_cost, progress_every)
-        record = History(
-            cost=jnp.where(accept, cost, jnp.nan).astype(jnp.float32),
-            train_accuracy=jnp.where(accept, train_acc, jnp.nan).astype(jnp.float32),
-            dev_cost=jnp.where(accept, dev_cost, jnp.nan).astype(jnp.float32),
-            dev_accuracy=jnp.where(accept, dev_acc, jnp.nan).astype(jnp.float32),
-            learning_rate=jnp.asarray(lr_of_epoch(epoch), jnp.float32),
+            _report_progress(i, cost, dev_cost, progress_every)
+        row = (cost, train_acc, dev_cost, dev_acc, lr_of_epoch(epoch))
+        history = History(
+            *(
+                h.at[i].set(jnp.where(finite, v, jnp.nan).astype(h.dtype))
+                for h, v in zip(loop.history, row)
+            )
         )
-        loop = _Loop(
-            kept, best_params, best_ms, best_cost, best_epoch, bad, stopped, diverged_epoch
+        return _Loop(
+            new_state,
+            state,
+            best_params,
+            best_ms,
+            best_cost,
+            best_epoch,
+            bad,
+            stopped,
+            diverged_epoch,
+            i + 1,
+            history,
         )
-        return loop, record
 
-    def maybe_epoch(loop, x):
-        # Once stopped (patience ran out, or NaN), the remaining epochs do nothing.
-        done = (loop.stopped_epoch >= 0) | (loop.diverged_epoch >= 0)
-        nan_record = History(*(jnp.asarray(jnp.nan, jnp.float32),) * 5)
-        return jax.lax.cond(done, lambda l, _: (l, nan_record), one_epoch, loop, x)
+    def running(loop: _Loop):
+        return (loop.i < epochs) & (loop.stopped_epoch < 0) & (loop.diverged_epoch < 0)
 
     minus_one = jnp.asarray(-1, jnp.int32)
     loop = _Loop(
-        state,
-        state.params,
-        state.model_state,
-        jnp.asarray(jnp.inf, X.dtype),
-        minus_one,
-        jnp.zeros((), jnp.int32),
-        minus_one,
-        minus_one,
+        state=state,
+        previous=state,
+        best_params=state.params,
+        best_model_state=state.model_state,
+        best_cost=jnp.asarray(jnp.inf, X.dtype),
+        best_epoch=minus_one,
+        bad_epochs=jnp.zeros((), jnp.int32),
+        stopped_epoch=minus_one,
+        diverged_epoch=minus_one,
+        i=jnp.zeros((), jnp.int32),
+        history=History(*(jnp.full((epochs,), jnp.nan, jnp.float32) for _ in History._fields)),
     )
-    return jax.lax.scan(maybe_epoch, loop, None, length=epochs)
+    loop = jax.lax.while_loop(running, body, loop)
+    # After a NaN the loop ends at once: the state before that epoch is the last finite one.
+    last_finite = _select(loop.diverged_epoch >= 0, loop.previous, loop.state)
+    return loop._replace(state=last_finite), loop.history
 
 
 _PROGRESS: dict[str, Any] = {}
@@ -576,11 +596,8 @@ def _open_bar(epochs, every):
 def _finish(loop: _Loop, history: History, patience, on_divergence) -> FitResult:
     diverged = int(loop.diverged_epoch)
     stopped = int(loop.stopped_epoch)
-    n_run = len(history.cost)
-    if diverged >= 0:
-        n_run = diverged
-    elif stopped >= 0:
-        n_run = stopped + 1
+    # Epochs run in this call; the one that produced a NaN is not counted.
+    n_run = int(loop.i) - (diverged >= 0)
     history = History(*(np.asarray(h)[:n_run] for h in history))
     state = loop.state
     best_epoch = None
