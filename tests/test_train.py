@@ -286,3 +286,30 @@ def test_bad_data():
     sm = MLP((2, 3, 3), output="softmax")
     with pytest.raises(ValueError, match=r"class labels in \[0, 3\)"):
         train.fit(sm, np.zeros((2, 2), np.float32), np.array([0, 3]), key=k)
+
+
+def test_progress_bar_is_fed_from_inside_the_compiled_loop(moons, monkeypatch):
+    X, Y = moons
+
+    class Bar:
+        n = 0
+        closed = False
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, post, refresh=False):
+            self.post = post
+
+        def close(self):
+            self.closed = True
+
+    bar = Bar()
+
+    def open_bar(epochs, every):
+        train._PROGRESS["bar"] = bar
+        return bar
+
+    monkeypatch.setattr(train, "_open_bar", open_bar)
+    train.fit(MLP((2, 3, 1)), X, Y, key=jax.random.key(0), epochs=250, progress=True)
+    assert bar.closed and bar.n == 250 and "cost" in bar.post
