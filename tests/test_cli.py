@@ -103,3 +103,42 @@ def test_console_script_runs_as_a_module():
         timeout=300,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_gradcheck_default_run_passes_and_prints_the_verdict(capsys):
+    assert cli.main(["gradcheck"]) == 0
+    out = capsys.readouterr().out
+    assert "layers [4, 5, 3, 1], float64" in out
+    assert "great" in out and "relative difference" in out and "worst leaves" in out
+
+
+def test_gradcheck_planted_bug_exits_1_and_names_the_leaf(capsys):
+    assert cli.main(["gradcheck", "--plant-bug", "--activation", "tanh"]) == 1
+    out = capsys.readouterr().out
+    assert "bug" in out
+    worst_leaves = out.split("worst leaves")[1].splitlines()
+    assert "layer 3 W" in worst_leaves[1]  # --plant-bug doubles the last layer's dW
+
+
+def test_gradcheck_float32_warns_and_batchnorm_checks(capsys):
+    cli.main(["gradcheck", "--float32", "--activation", "tanh"])
+    out = capsys.readouterr().out
+    assert "float32" in out and "use dtype=jnp.float64" in out
+    args = [
+        "gradcheck",
+        "--batchnorm",
+        "--activation",
+        "tanh",
+        "--sizes",
+        "3,6,4,1",
+        "--lambd",
+        "0.5",
+    ]
+    assert cli.main(args) == 0
+    assert "great" in capsys.readouterr().out
+
+
+def test_gradcheck_bad_epsilon_is_a_usage_error(capsys):
+    assert cli.main(["gradcheck", "--epsilon", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epsilon" in err and len(err.splitlines()) == 1

@@ -1,0 +1,549 @@
+"""fjdl.gradcheck: the numerical gradient against closed forms, the course's checks and planted bugs,
+kinks, float32 against float64, and the MLP fast path against the generic path."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fjdl import gradcheck, losses, model, testing
+
+COURSE_BUGGY_DIFFERENCE = 0.2850931566540251  # the course's printout for its buggy backprop
+
+
+def course_network():
+    """The course's ``gradient_check_n_test_case``: a [4, 5, 3, 1] ReLU network on 3 examples,
+    transposed to fjdl's layout (examples in rows, ``W`` of shape ``(n_in, n_out)``)."""
+    np.random.seed(1)
+    x = np.random.randn(4, 3)
+    y = np.array([1, 1, 0])
+    layers = []
+    for n_out, n_in in ((5, 4), (3, 5), (1, 3)):
+        W = np.random.randn(n_out, n_in)
+        b = np.random.randn(n_out, 1)
+        layers.append({"W": W.T, "b": b.ravel()})
+    return x.T, y, layers
+
+
+def course_cost():
+    """``(config, params, state, X, Y, J)`` of the course network, in float64 (call under x64)."""
+    x, y, layers = course_network()
+    cfg = model.MLP((4, 5, 3, 1))
+    params = tuple({k: jnp.asarray(v, jnp.float64) for k, v in layer.items()} for layer in layers)
+    state = ({}, {}, {})
+    X, Y = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+
+    def J(p):
+        return losses.cost(model.apply(cfg, p, state, X)[0], Y)
+
+    return cfg, params, state, X, Y, J
+
+
+def plant_bugs(grads):
+    """The course's two bugs: ``dW2`` doubled and ``db1`` four times too large."""
+    return (
+        {**grads[0], "b": 4 * grads[0]["b"]},
+        {**grads[1], "W": 2 * grads[1]["W"]},
+        *grads[2:],
+    )
+
+
+def random_mlp(config, seed, m=6, dtype=jnp.float64, bias_scale=0.1):
+    """Parameters (with non-zero biases and batch-norm parameters), state and data for ``config``,
+    drawn with numpy (cheap), as jax arrays of ``dtype`` (call under x64 for float64)."""
+    rng = np.random.default_rng(seed)
+    params, state = [], []
+    for l, (n_in, n_out) in enumerate(zip(config.sizes[:-1], config.sizes[1:])):
+        layer = {"W": rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)}
+        if config.is_bn_layer(l):
+            layer["gamma"] = 1 + bias_scale * rng.standard_normal(n_out)
+            layer["beta"] = bias_scale * rng.standard_normal(n_out)
+            state.append({"mean": 0.1 * rng.standard_normal(n_out), "var": 1 + rng.random(n_out)})
+        else:
+            layer["b"] = bias_scale * rng.standard_normal(n_out)
+            state.append({})
+        params.append(layer)
+    to_jax = lambda t: jax.tree.map(lambda a: jnp.asarray(a, dtype), t)  # noqa: E731
+    X = jnp.asarray(rng.standard_normal((m, config.sizes[0])), dtype)
+    n_out = config.sizes[-1]
+    shape = (m,) if n_out == 1 else (m, n_out)
+    if config.output == "softmax":
+        Y = jnp.asarray(rng.integers(0, n_out, m), jnp.int32)
+    elif config.output == "sigmoid":
+        Y = jnp.asarray(rng.random(shape) < 0.5, dtype)
+    else:
+        Y = jnp.asarray(rng.standard_normal(shape), dtype)
+    return to_jax(tuple(params)), to_jax(tuple(state)), X, Y
+
+
+def mlp_cost(config, state, X, Y, *, lambd=0.0, l1=0.0, train=False):
+    def J(p):
+        logits, _ = model.apply(config, p, state, X, train=train)
+        return losses.cost(logits, Y, p, output=config.output, lambd=lambd, l1=l1)
+
+    return J
+
+
+def max_abs_difference(a, b):
+    return max(
+        float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The course's checks
+
+
+def test_one_dimensional_check_of_theta_times_x():
+    # J(theta) = theta * x, dJ/dtheta = x (the course's first exercise: x = 2, theta = 4).
+    with jax.enable_x64(True):
+        theta, x = jnp.array(4.0, jnp.float64), jnp.array(2.0, jnp.float64)
+        J = lambda t: t * x  # noqa: E731
+        grad = gradcheck.numerical_gradient(J, theta)
+        assert abs(float(grad) - 2.0) < 1e-8
+        result = gradcheck.check(J, theta, x)
+    assert result.difference < 1e-7
+    assert result.verdict == "great"
+    assert result.leaves[0].leaf == "params"
+
+
+def test_course_network_backprop_is_great_in_float64():
+    with jax.enable_x64(True):
+        _, params, _, _, _, J = course_cost()
+        result = gradcheck.check(J, params)
+    assert result.difference < 1e-7 and result.verdict == "great"
+    assert result.n_params == 4 * 5 + 5 + 5 * 3 + 3 + 3 + 1
+    assert [d.leaf for d in result.leaves] == [
+        f"layer {l} {n}" for l in (1, 2, 3) for n in ("W", "b")
+    ]
+
+
+def test_planted_bugs_are_found_and_located():
+    with jax.enable_x64(True):
+        _, params, _, _, _, J = course_cost()
+        buggy = plant_bugs(jax.jit(jax.grad(J))(params))
+        result = gradcheck.check(J, params, buggy)
+    # The course's buggy backprop printed 0.2850931566540251.
+    assert result.difference == pytest.approx(COURSE_BUGGY_DIFFERENCE, abs=1e-6)
+    assert result.verdict == "bug"
+    worst = result.worst_leaves
+    assert {worst[0].leaf, worst[1].leaf} == {"layer 1 b", "layer 2 W"}
+    # db1 = 4 g against g: |3g| / |5g|; dW2 = 2 g against g: |g| / |3g|.
+    assert worst[0].leaf == "layer 1 b" and worst[0].difference == pytest.approx(3 / 5, rel=1e-6)
+    assert worst[1].difference == pytest.approx(1 / 3, rel=1e-6)
+    assert all(d.difference < 1e-7 for d in worst[2:])
+    assert {c.leaf for c in result.worst_coordinates} <= {"layer 1 b", "layer 2 W"}
+    top = result.worst_coordinates[0]
+    assert top.abs_difference == pytest.approx(abs(top.analytic - top.numerical))
+    assert top.analytic == pytest.approx(4 * top.numerical, rel=1e-6)  # db1 four times too large
+    text = str(result)
+    assert "bug" in text and "layer 1 b" in text and "layer 2 W" in text and "2.85" in text
+
+
+def test_fast_path_finds_the_planted_bugs_too():
+    with jax.enable_x64(True):
+        cfg, params, state, X, Y, J = course_cost()
+        buggy = plant_bugs(jax.jit(jax.grad(J))(params))
+        result = gradcheck.check_mlp(cfg, params, state, X, Y, grads=buggy)
+        clean = gradcheck.check_mlp(cfg, params, state, X, Y)
+    assert result.difference == pytest.approx(COURSE_BUGGY_DIFFERENCE, abs=1e-6)
+    assert [d.leaf for d in result.worst_leaves[:2]] == ["layer 1 b", "layer 2 W"]
+    assert clean.verdict == "great"
+
+
+@pytest.mark.parametrize(
+    "difference, verdict",
+    [(0.0, "great"), (9e-8, "great"), (1e-7, "fine"), (9e-6, "fine"), (1e-5, "suspicious"),
+     (9e-4, "suspicious"), (1e-3, "bug"), (0.5, "bug"), (float("nan"), "bug")],
+)  # fmt: skip
+def test_verdict_follows_the_course_scale(difference, verdict):
+    assert gradcheck.verdict_for(difference) == verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# numerical_gradient against closed forms, with and without jit
+
+
+class NumericalGradientTest(parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(
+        ("quadratic", lambda t, A: jnp.sum(A * t**2), lambda t, A: 2 * A * t),
+        ("exp", lambda t, A: jnp.sum(jnp.exp(A * t)), lambda t, A: A * jnp.exp(A * t)),
+        ("sin_times", lambda t, A: jnp.sum(jnp.sin(t) * A), lambda t, A: A * jnp.cos(t)),
+        (
+            "log_sum_exp",
+            lambda t, A: jax.nn.logsumexp(A * t),
+            lambda t, A: A * jnp.exp(A * t - jax.nn.logsumexp(A * t)),
+        ),
+    )
+    def test_matches_closed_form(self, f, grad):
+        with jax.enable_x64(True):
+            key_t, key_a = jax.random.split(jax.random.key(7))
+            theta = jax.random.normal(key_t, (3, 4), jnp.float64)
+            A = jax.random.uniform(key_a, (3, 4), jnp.float64, 0.5, 1.5)
+            numerical = self.variant(
+                lambda t: gradcheck.numerical_gradient(lambda s: f(s, A), t, chunk_size=5)
+            )(theta)
+            chex.assert_trees_all_close(numerical, grad(theta, A), rtol=1e-6, atol=1e-8)
+            assert numerical.dtype == jnp.float64 and numerical.shape == theta.shape
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_pytree_of_leaves_keeps_structure(self):
+        with jax.enable_x64(True):
+            params = {
+                "a": jnp.array([1.0, -2.0, 0.5], jnp.float64),
+                "b": (jnp.array([[0.3, 0.7]], jnp.float64), jnp.array(1.5, jnp.float64)),
+            }
+
+            def f(p):  # a . a * b0 sum + exp(b1)
+                return jnp.sum(p["a"] ** 2) * jnp.sum(p["b"][0]) + jnp.exp(p["b"][1])
+
+            numerical = self.variant(lambda p: gradcheck.numerical_gradient(f, p))(params)
+            expected = {
+                "a": 2 * params["a"] * jnp.sum(params["b"][0]),
+                "b": (
+                    jnp.full((1, 2), jnp.sum(params["a"] ** 2), jnp.float64),
+                    jnp.exp(params["b"][1]),
+                ),
+            }
+            chex.assert_trees_all_equal_structs(numerical, params)
+            chex.assert_trees_all_close(numerical, expected, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 100])
+def test_chunk_size_does_not_change_the_result(chunk_size):
+    with jax.enable_x64(True):
+        theta = jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float64)
+        f = lambda t: jnp.sum(jnp.cos(t) * jnp.arange(1.0, 8.0, dtype=jnp.float64))  # noqa: E731
+        got = gradcheck.numerical_gradient(f, theta, chunk_size=chunk_size)
+        chex.assert_trees_all_close(got, gradcheck.numerical_gradient(f, theta, chunk_size=7))
+        np.testing.assert_allclose(
+            got, -jnp.sin(theta) * jnp.arange(1.0, 8.0), rtol=1e-6, atol=1e-8
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# relative_difference
+
+
+def test_relative_difference_values():
+    a = {"w": jnp.array([3.0, 0.0]), "b": jnp.zeros(1)}
+    b = {"w": jnp.array([0.0, 4.0]), "b": jnp.zeros(1)}
+    assert float(gradcheck.relative_difference(a, a)) == 0.0
+    # ||a - b|| = 5, ||a|| + ||b|| = 3 + 4.
+    assert float(gradcheck.relative_difference(a, b)) == pytest.approx(5 / 7, rel=1e-6)
+    assert float(gradcheck.relative_difference(b, a)) == float(gradcheck.relative_difference(a, b))
+    zeros = jax.tree.map(jnp.zeros_like, a)
+    assert float(gradcheck.relative_difference(zeros, zeros)) == 0.0
+    assert float(gradcheck.relative_difference(a, zeros)) == 1.0
+    # Over a whole pytree: leaves are stacked, not averaged.
+    c = ({"W": jnp.array([1.0, 2.0])}, {"W": jnp.array([2.0])})
+    d = ({"W": jnp.array([1.0, 2.0])}, {"W": jnp.array([0.0])})
+    expected = 2.0 / (3.0 + np.sqrt(5.0))
+    assert float(gradcheck.relative_difference(c, d)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_relative_difference_rejects_mismatched_trees():
+    with pytest.raises(ValueError, match="structure"):
+        gradcheck.relative_difference({"a": jnp.ones(2)}, {"b": jnp.ones(2)})
+    with pytest.raises(ValueError, match="shapes"):
+        gradcheck.relative_difference({"a": jnp.ones(2)}, {"a": jnp.ones(3)})
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 against float64
+
+
+def test_float32_check_is_worse_than_float64_on_the_same_network():
+    cfg = model.MLP((5, 6, 4, 1), activation="tanh")
+    params, state, X, Y = random_mlp(cfg, 0, m=8, dtype=jnp.float32)
+    result32 = gradcheck.check(mlp_cost(cfg, state, X, Y), params)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        J64 = mlp_cost(cfg, state, X.astype(jnp.float64), Y.astype(jnp.float64))
+        result64 = gradcheck.check(J64, p64)
+    assert result64.difference < 1e-7 and result64.dtype == "float64"
+    assert result32.dtype == "float32"
+    assert result32.difference > 1e-5 > 100 * result64.difference
+    assert any("float64" in w for w in result32.warnings)
+    assert not result64.warnings
+
+
+def test_dtype_float64_runs_without_global_x64():
+    # float32 params and a function of numpy float64 data: checked in float64 on request.
+    A = np.linspace(0.5, 2.0, 6).reshape(2, 3)
+    params = {"w": jnp.ones((2, 3), jnp.float32)}
+    f = lambda p: jnp.sum(jnp.asarray(A) * jnp.sin(p["w"]))  # noqa: E731
+    result = gradcheck.check(f, params, dtype=jnp.float64)
+    assert result.dtype == "float64" and result.difference < 1e-7
+    np.testing.assert_allclose(result.numerical["w"], A * np.cos(1.0), rtol=1e-7)
+    assert jnp.ones(1).dtype == jnp.float32  # the caller's mode is untouched
+
+
+# ---------------------------------------------------------------------------------------------
+# Kinks
+
+
+def relu_on_a_kink(seed=3):
+    """A ReLU network where unit 2 of layer 1 has pre-activation exactly 0 on example 1."""
+    cfg = model.MLP((3, 4, 1))
+    params, state, X, Y = random_mlp(cfg, seed, m=5)
+    W = params[0]["W"]
+    b = params[0]["b"].at[2].set(-(X[1] @ W[:, 2]))
+    params = ({**params[0], "b": b}, params[1])
+    return cfg, params, state, X, Y
+
+
+def test_relu_kink_is_named_by_the_generic_check():
+    with jax.enable_x64(True):
+        cfg, params, state, X, Y = relu_on_a_kink()
+        result = gradcheck.check(mlp_cost(cfg, state, X, Y), params)
+    assert ("layer 1 b", (2,)) in result.kinks
+    assert all(leaf.startswith("layer 1") for leaf, _ in result.kinks)
+    assert any("kink" in w and "layer 1 b (2)" in w for w in result.warnings)
+    assert "kink" in str(result)
+
+
+def test_on_a_kink_the_nearer_one_sided_slope_is_compared_and_bugs_still_show():
+    with jax.enable_x64(True):
+        cfg, params, state, X, Y = relu_on_a_kink()
+        J = mlp_cost(cfg, state, X, Y)
+        two_sided = gradcheck.numerical_gradient(J, params)
+        grads = jax.jit(jax.grad(J))(params)
+        # The two-sided difference at the kink is the mean of two slopes, not the derivative ...
+        assert abs(float(two_sided[0]["b"][2] - grads[0]["b"][2])) > 1e-3
+        for result in (
+            gradcheck.check(J, params),
+            gradcheck.check_mlp(cfg, params, state, X, Y),
+        ):
+            # ... so the check compares with the one-sided slope that autodiff took (relu'(0) = 0).
+            assert result.verdict == "great" and result.kinks
+            assert abs(result.numerical[0]["b"][2] - float(grads[0]["b"][2])) < 1e-6
+        # A wrong derivative at the kink disagrees with both slopes.
+        wrong = ({**grads[0], "b": grads[0]["b"].at[2].multiply(3.0)}, grads[1])
+        for result in (
+            gradcheck.check(J, params, wrong),
+            gradcheck.check_mlp(cfg, params, state, X, Y, grads=wrong),
+        ):
+            assert result.verdict == "bug"
+            top = result.worst_coordinates[0]
+            assert (top.leaf, top.index) == ("layer 1 b", (2,))
+
+
+def test_relu_kink_is_found_exactly_by_the_fast_path():
+    with jax.enable_x64(True):
+        cfg, params, state, X, Y = relu_on_a_kink()
+        result = gradcheck.check_mlp(cfg, params, state, X, Y)
+    # z[1, 2] = X[1] @ W[:, 2] + b[2] = 0 moves with b[2] and with W[i, 2] (X[1, i] != 0), only.
+    expected = {("layer 1 b", (2,))} | {("layer 1 W", (i, 2)) for i in range(3)}
+    assert set(result.kinks) == expected
+    assert any("layer 1 b (2)" in w for w in result.warnings)
+
+
+def test_l1_kink_at_a_zero_weight_is_found_by_both_paths():
+    with jax.enable_x64(True):
+        cfg = model.MLP((3, 4, 1), activation="tanh")
+        params, state, X, Y = random_mlp(cfg, 4, m=5)
+        params = ({**params[0], "W": params[0]["W"].at[1, 2].set(0.0)}, params[1])
+        generic = gradcheck.check(mlp_cost(cfg, state, X, Y, l1=0.5), params)
+        fast = gradcheck.check_mlp(cfg, params, state, X, Y, l1=0.5)
+    assert generic.kinks == fast.kinks == (("layer 1 W", (1, 2)),)
+    assert generic.verdict == fast.verdict == "great"
+
+
+def test_smooth_network_has_no_kink_warning():
+    with jax.enable_x64(True):
+        cfg = model.MLP((3, 4, 1), activation="tanh")
+        params, state, X, Y = random_mlp(cfg, 3, m=5)
+        generic = gradcheck.check(mlp_cost(cfg, state, X, Y), params)
+        fast = gradcheck.check_mlp(cfg, params, state, X, Y)
+    assert generic.kinks == () and generic.warnings == ()
+    assert fast.kinks == () and fast.warnings == ()
+
+
+def test_relu_away_from_kinks_has_no_warning():
+    with jax.enable_x64(True):
+        cfg, params, state, X, Y = relu_on_a_kink()
+        params = ({**params[0], "b": params[0]["b"].at[2].add(0.5)}, params[1])
+        generic = gradcheck.check(mlp_cost(cfg, state, X, Y), params)
+        fast = gradcheck.check_mlp(cfg, params, state, X, Y)
+    assert generic.kinks == () and fast.kinks == ()
+    assert generic.verdict == fast.verdict == "great"
+
+
+# ---------------------------------------------------------------------------------------------
+# The MLP fast path against the generic path
+
+
+FAST_CASES = [
+    ("relu_sigmoid", dict(sizes=(4, 5, 3, 1)), {}),
+    ("tanh_softmax_l2", dict(sizes=(3, 6, 4), activation="tanh", output="softmax"), {"lambd": 0.7}),
+    ("sigmoid_l1_l2", dict(sizes=(3, 4, 4, 1), activation="sigmoid"), {"lambd": 0.3, "l1": 0.2}),
+    ("leaky_linear", dict(sizes=(2, 5, 2), activation="leaky_relu", output="linear"), {}),
+    ("bn_train_tanh", dict(sizes=(3, 5, 4, 1), activation="tanh", batchnorm=True), {"train": True}),
+    ("bn_train_relu_softmax", dict(sizes=(4, 6, 3), batchnorm=True, output="softmax"),
+     {"train": True, "lambd": 0.5}),
+    ("bn_eval", dict(sizes=(3, 4, 1), activation="tanh", batchnorm=True), {}),
+    ("one_layer", dict(sizes=(3, 1)), {"lambd": 0.1}),
+    ("20_8_3", dict(sizes=(20, 8, 3), output="softmax"), {"lambd": 0.7}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, config_kw, cost_kw", FAST_CASES, ids=[c[0] for c in FAST_CASES])
+def test_fast_path_equals_generic_numerical_gradient(name, config_kw, cost_kw):
+    with jax.enable_x64(True):
+        cfg = model.MLP(**config_kw)
+        params, state, X, Y = random_mlp(cfg, sum(map(ord, name)), m=7)
+        J = mlp_cost(cfg, state, X, Y, **cost_kw)
+        # With epsilon = 1e-4 both paths evaluate J at the same points and rounding (1e-16 / 1e-4)
+        # is small: they agree to ~1e-12. (At the course's 1e-7, rounding alone is 1e-16 / 2e-7 ~
+        # 1e-9 per entry in either path, so they agree to ~1e-9 there.)
+        generic = gradcheck.numerical_gradient(J, params, 1e-4)
+        fast = gradcheck.numerical_gradient_mlp(cfg, params, state, X, Y, epsilon=1e-4, **cost_kw)
+        chex.assert_trees_all_equal_shapes_and_dtypes(fast, params)
+        assert max_abs_difference(fast, generic) < 1e-11
+
+
+def test_fast_check_agrees_with_generic_check_on_batchnorm_train():
+    with jax.enable_x64(True):
+        cfg = model.MLP((4, 6, 3), activation="tanh", output="softmax", batchnorm=True)
+        params, state, X, Y = random_mlp(cfg, 11, m=9)
+        generic = gradcheck.check(mlp_cost(cfg, state, X, Y, train=True, lambd=0.2), params)
+        fast = gradcheck.check_mlp(cfg, params, state, X, Y, train=True, lambd=0.2)
+    assert fast.verdict == generic.verdict == "great"
+    assert [d.leaf for d in fast.leaves] == [d.leaf for d in generic.leaves]
+    assert sorted(fast.leaves[0].__dict__) == sorted(generic.leaves[0].__dict__)
+    chex.assert_trees_all_close(fast.numerical, generic.numerical, atol=1e-8)
+
+
+def test_check_mlp_casts_float32_inputs_to_float64():
+    cfg = model.MLP((3, 5, 2), activation="sigmoid", output="softmax")
+    params, state, X, Y = random_mlp(cfg, 5, m=6, dtype=jnp.float32)
+    result = gradcheck.check_mlp(cfg, params, state, X, Y, lambd=0.1)
+    assert result.dtype == "float64" and result.verdict == "great"
+    assert jnp.ones(1).dtype == jnp.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# The result object
+
+
+def test_result_is_frozen_and_prints_a_report():
+    with jax.enable_x64(True):
+        _, params, _, _, _, J = course_cost()
+        result = gradcheck.check(J, params, top_k=3)
+    assert len(result.worst_coordinates) == 3
+    assert result.passed
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.difference = 1.0
+    text = str(result)
+    for needle in (
+        "great",
+        "relative difference",
+        "worst leaves",
+        "worst coordinates",
+        "layer 1 W",
+    ):
+        assert needle in text
+    ab = [c.abs_difference for c in result.worst_coordinates]
+    assert ab == sorted(ab, reverse=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_epsilon():
+    f = lambda t: jnp.sum(t**2)  # noqa: E731
+    for eps in (0.0, -1e-7):
+        with pytest.raises(ValueError, match="epsilon"):
+            gradcheck.numerical_gradient(f, jnp.ones(3), eps)
+        with pytest.raises(ValueError, match="epsilon"):
+            gradcheck.check(f, jnp.ones(3), epsilon=eps)
+    with pytest.raises(ValueError, match="epsilon"):
+        gradcheck.numerical_gradient(f, jnp.ones(3), float("nan"))
+
+
+def test_grads_of_the_wrong_shape_or_structure_name_the_leaf():
+    with jax.enable_x64(True):
+        _, params, _, _, _, J = course_cost()
+        grads = jax.jit(jax.grad(J))(params)
+        wrong_shape = (grads[0], {**grads[1], "W": grads[1]["W"].T}, grads[2])
+        with pytest.raises(ValueError, match=r"layer 2 W.*\(5, 3\).*\(3, 5\)"):
+            gradcheck.check(J, params, wrong_shape)
+        missing = (grads[0], {"W": grads[1]["W"]}, grads[2])
+        with pytest.raises(ValueError, match="missing leaves.*layer 2 b"):
+            gradcheck.check(J, params, missing)
+        with pytest.raises(ValueError, match="structure"):
+            gradcheck.check(J, params, grads[:2])
+
+
+def test_non_scalar_f_and_non_float_params():
+    with pytest.raises(ValueError, match="scalar"):
+        gradcheck.check(lambda t: t**2, jnp.ones(3))
+    with pytest.raises(ValueError, match="scalar"):
+        gradcheck.numerical_gradient(lambda t: t**2, jnp.ones(3))
+    with pytest.raises(TypeError, match="float"):
+        gradcheck.numerical_gradient(lambda t: jnp.sum(t), {"n": jnp.arange(3)})
+    with pytest.raises(TypeError, match="float"):
+        gradcheck.check(lambda t: jnp.sum(t > 0), jnp.ones(3))
+    with pytest.raises(ValueError, match="non-empty"):
+        gradcheck.check(lambda t: 0.0, {})
+
+
+def test_fast_path_refuses_dropout_in_training():
+    cfg = model.MLP((3, 4, 1), keep_probs=0.8)
+    params, state, X, Y = random_mlp(cfg, 0, m=4, dtype=jnp.float32)
+    with pytest.raises(ValueError, match="dropout"):
+        gradcheck.numerical_gradient_mlp(cfg, params, state, X, Y, train=True)
+    with pytest.raises(ValueError, match="dropout"):
+        gradcheck.check_mlp(cfg, params, state, X, Y, train=True)
+    # Dropout is off in eval mode, so the check runs.
+    assert gradcheck.check_mlp(cfg, params, state, X, Y).verdict == "great"
+
+
+def test_fast_path_validates_its_inputs():
+    cfg = model.MLP((3, 4, 1))
+    params, state, X, Y = random_mlp(cfg, 0, m=4, dtype=jnp.float32)
+    with pytest.raises(ValueError, match="X must have shape"):
+        gradcheck.numerical_gradient_mlp(cfg, params, state, X[:, :2], Y)
+    with pytest.raises(ValueError, match="epsilon"):
+        gradcheck.numerical_gradient_mlp(cfg, params, state, X, Y, epsilon=0.0)
+    with pytest.raises(ValueError, match="lambd"):
+        gradcheck.numerical_gradient_mlp(cfg, params, state, X, Y, lambd=-1.0)
+    with pytest.raises(ValueError, match="labels"):
+        gradcheck.numerical_gradient_mlp(cfg, params, state, X, 3 * Y + 2)
+    with pytest.raises(ValueError, match="layer 2"):
+        gradcheck.numerical_gradient_mlp(cfg, (params[0], {"W": params[1]["W"]}), state, X, Y)
+    with pytest.raises(TypeError, match="MLP"):
+        gradcheck.check_mlp((3, 4, 1), params, state, X, Y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: autodiff through fjdl's model matches the numerical gradient, for random small nets
+
+
+@settings(max_examples=6)
+@given(data=st.data(), lambd=st.sampled_from([0.0, 0.1, 0.7]))
+def test_model_gradients_match_numerical_gradient(data, lambd):
+    config = data.draw(testing.mlp_configs(max_layers=3, max_width=5))
+    params = data.draw(testing.params_for(config))
+    X, Y = data.draw(testing.datasets(config, min_examples=4, max_examples=8))
+    # Batch norm runs in training mode here; its running statistics only need the right dtype.
+    state = tuple(
+        {"mean": np.zeros(n), "var": np.ones(n)} if config.is_bn_layer(l) else {}
+        for l, n in enumerate(config.sizes[1:])
+    )
+
+    def J(p):
+        logits, _ = model.apply(config, p, state, X, train=config.batchnorm)
+        return losses.cost(logits, Y, p, output=config.output, lambd=lambd)
+
+    result = testing.assert_gradients_match(J, params, max_difference=1e-7)
+    assert result.dtype == "float64"
