@@ -2,6 +2,8 @@
 
 Every function is pure: data in, new data out. Modules import downward: ``nn``, ``losses``,
 ``batchnorm``, ``initializers``, ``optim`` and ``schedules`` know nothing of training.
+``fjdl.testing`` (hypothesis strategies, gradient assertions) is imported on its own, since it needs
+the test dependencies.
 """
 
 from fjdl import (
@@ -9,14 +11,17 @@ from fjdl import (
     checkpoint,
     data,
     diagnose,
+    gradcheck,
     initializers,
     losses,
     model,
     nn,
     optim,
+    parallel,
     schedules,
     train,
     trajectories,
+    tune,
 )
 from fjdl.model import MLP
 
@@ -28,12 +33,15 @@ __all__ = [
     "checkpoint",
     "data",
     "diagnose",
+    "gradcheck",
     "initializers",
     "losses",
     "model",
     "nn",
     "optim",
+    "parallel",
     "schedules",
     "train",
     "trajectories",
+    "tune",
 ]

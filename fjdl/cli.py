@@ -46,7 +46,9 @@ def _add_train_flags(p):
     p.add_argument(
         "--n-samples", type=_positive_int, default=600, help="examples to generate (2-D sets)"
     )
-    p.add_argument("--noise", type=float, default=None, help="noise of the 2-D sets (default: each set's own)")
+    p.add_argument(
+        "--noise", type=float, default=None, help="noise of the 2-D sets (default: each set's own)"
+    )
     p.add_argument(
         "--hidden", type=_hidden_sizes, default=(16, 8), help="hidden widths, e.g. 20,7,5"
     )
@@ -108,7 +110,51 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--float32", action="store_true", help="check in float32 (default float64)")
     gc.add_argument("--plant-bug", action="store_true", help="double dW of the last layer")
     gc.add_argument("--seed", type=int, default=0)
+    tune_p = sub.add_parser(
+        "tune", help="random (coarse-to-fine) search of the learning rate and beta"
+    )
+    _add_tune_flags(tune_p)
     return parser
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_tune_flags(p):
+    p.add_argument(
+        "--dataset", default="moons", choices=["moons", "circles", "spirals", "blobs", "digits"]
+    )
+    p.add_argument(
+        "--n-samples", type=_positive_int, default=600, help="examples to generate (2-D sets)"
+    )
+    p.add_argument("--trials", type=_positive_int, default=16, help="trials per round")
+    p.add_argument(
+        "--rounds", type=_positive_int, default=2, help="search rounds (1: plain random search)"
+    )
+    p.add_argument("--epochs", type=_positive_int, default=60, help="epochs per trial")
+    p.add_argument("--optimizer", default="adam", choices=["gd", "momentum", "rmsprop", "adam"])
+    p.add_argument(
+        "--hidden", type=_hidden_sizes, default=(16, 8), help="hidden widths, e.g. 20,7,5"
+    )
+    p.add_argument(
+        "--activation", default="relu", choices=["relu", "tanh", "leaky_relu", "sigmoid"]
+    )
+    p.add_argument("--lr-min", type=_positive_float, default=1e-4, help="smallest learning rate")
+    p.add_argument("--lr-max", type=_positive_float, default=1.0, help="largest learning rate")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="mini-batch size")
+    p.add_argument("--full-batch", action="store_true", help="batch gradient descent")
+    p.add_argument("--top", type=_positive_int, default=10, help="rows of the ranked table")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default="fjdl_tune.png", help="where to write the scatter plot")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _schedule(args):
@@ -247,13 +293,83 @@ def cmd_gradcheck(args) -> int:
     return 0 if result.difference < 1e-5 else 1
 
 
+_BETA_OF = {"momentum": "beta", "rmsprop": "beta", "adam": "beta1"}
+
+
+def cmd_tune(args) -> int:
+    import jax
+
+    from fjdl import data, tune
+    from fjdl.model import MLP
+
+    if not args.lr_min < args.lr_max:
+        raise ValueError(
+            f"--lr-min must be < --lr-max, got --lr-min {args.lr_min} and --lr-max {args.lr_max}"
+        )
+    key = jax.random.key(args.seed)
+    data_key, split_key, search_key = jax.random.split(key, 3)
+    ds = data.load_dataset(args.dataset, data_key, n=args.n_samples)
+    (X_tr, Y_tr), (X_dev, Y_dev), _ = data.split(split_key, ds.X, ds.Y, (0.6, 0.2, 0.2))
+    stats = data.fit_standardizer(X_tr)
+    X_tr, X_dev = data.standardize(X_tr, stats), data.standardize(X_dev, stats)
+    sizes = (ds.X.shape[1], *args.hidden, ds.n_classes if ds.output == "softmax" else 1)
+    config = MLP(sizes, activation=args.activation, output=ds.output)
+    space = {"learning_rate": tune.LogUniform(args.lr_min, args.lr_max)}
+    beta = _BETA_OF.get(args.optimizer)
+    if beta is not None:
+        space[beta] = tune.BetaLogScale(0.9, 0.999)
+    batching = "full batch" if args.full_batch else f"mini-batches of {args.batch_size}"
+    print(
+        f"fjdl tune: {args.dataset} ({X_tr.shape[0]} train / {X_dev.shape[0]} dev), layers "
+        f"{list(sizes)}, {args.optimizer}, {batching}, {args.epochs} epochs; "
+        f"{args.rounds} round(s) of {args.trials} trials over {', '.join(space)}"
+    )
+    start = time.perf_counter()
+    result = tune.coarse_to_fine(
+        space,
+        X_tr,
+        Y_tr,
+        dev=(X_dev, Y_dev),
+        key=search_key,
+        n_trials=args.trials,
+        rounds=args.rounds,
+        config=config,
+        epochs=args.epochs,
+        optimizer=args.optimizer,
+        batch_size=None if args.full_batch else args.batch_size,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    seconds = time.perf_counter() - start
+    n = len(result.trials)
+    print(f"\n{n} trials in {seconds:.1f} s (compilation included); the best {min(args.top, n)}:")
+    print(result.table(top=args.top))
+    for r, space_r in enumerate(result.spaces[1:], start=2):
+        ranges = ", ".join(f"{k} in [{s.low:.4g}, {s.high:.4g}]" for k, s in space_r.items())
+        print(f"round {r} searched {ranges}")
+    best = result.best
+    chosen = ", ".join(f"{k}={best[k]:.4g}" for k in space)
+    print(
+        f"\nbest: {chosen}, hidden {list(best['hidden'])}: dev accuracy "
+        f"{best['dev_accuracy']:.2%}, dev cost {best['dev_cost']:.4f} (round {best['round'] + 1})"
+    )
+    if not args.no_plot:
+        from fjdl import plots
+
+        title = "random search" if args.rounds == 1 else f"coarse to fine, {args.rounds} rounds"
+        path = plots.search_scatter(
+            result.trials, args.plot, x="learning_rate", y=beta, title=f"{title}: {args.dataset}"
+        )
+        print(f"plot written to {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return USAGE_ERROR
-    commands = {"train": cmd_train, "gradcheck": cmd_gradcheck}
+    commands = {"train": cmd_train, "gradcheck": cmd_gradcheck, "tune": cmd_tune}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError) as err:

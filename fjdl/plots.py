@@ -72,3 +72,92 @@ def training_report(config, state, history, train_data, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def search_scatter(
+    trials, path, *, x="learning_rate", y=None, color="dev_accuracy", title="random search"
+):
+    """Scatter of a search's trials, coloured by ``color``, written to ``path``. Returns ``path``.
+
+    ``x`` is drawn on a log axis; a ``y`` whose name starts with ``beta`` is drawn as ``1 - beta``
+    on a log axis (the scale it was sampled on), any other ``y`` on a log axis as well. Without
+    ``y`` the metric ``color`` itself goes on the vertical axis. The best trial (rank 1, when the
+    records have ranks) is circled; later rounds of a coarse-to-fine search get other markers.
+
+    Args:
+      trials: records as in :class:`fjdl.tune.SearchResult` ``.trials``.
+      path: the image file to write.
+      x, y: names of the hyperparameters on the axes.
+      color: the metric that colours the points (default the dev accuracy).
+      title: the figure title.
+    """
+    trials = list(trials)
+    if not trials:
+        raise ValueError("search_scatter needs at least one trial")
+    for name in (x, y, color):
+        if name is not None and name not in trials[0]:
+            raise ValueError(f"the trials have no {name!r}; they have {sorted(trials[0])}")
+    plt = _pyplot()
+    xs = np.array([t[x] for t in trials], np.float64)
+    cs = np.array([t[color] for t in trials], np.float64)
+    is_beta = y is not None and y.startswith("beta")
+    if y is None:
+        ys = cs
+    else:
+        ys = np.array([t[y] for t in trials], np.float64)
+        ys = 1.0 - ys if is_beta else ys
+    rounds = np.array([t.get("round", 0) for t in trials])
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    finite = np.isfinite(cs)
+    vmin, vmax = (np.nanmin(cs), np.nanmax(cs)) if finite.any() else (0.0, 1.0)
+    markers = "os^Dv"
+    points = None
+    for r in np.unique(rounds):
+        sel = (rounds == r) & finite
+        points = ax.scatter(
+            xs[sel],
+            ys[sel],
+            c=cs[sel],
+            cmap="viridis",
+            vmin=vmin,
+            vmax=vmax,
+            marker=markers[int(r) % len(markers)],
+            edgecolors="k",
+            linewidths=0.3,
+            label=f"round {int(r) + 1}" if len(np.unique(rounds)) > 1 else None,
+        )
+    if (~finite).any():
+        ax.scatter(
+            xs[~finite],
+            ys[~finite] if y is not None else np.full((~finite).sum(), vmin),
+            marker="x",
+            c="red",
+            label="diverged",
+        )
+    if "rank" in trials[0]:
+        best = min(range(len(trials)), key=lambda i: trials[i]["rank"])
+        ax.scatter(
+            [xs[best]],
+            [ys[best]],
+            s=220,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=1.5,
+            label="best",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{x} (log scale)")
+    if y is None:
+        ax.set_ylabel(color.replace("_", " "))
+    else:
+        ax.set_yscale("log")
+        ax.set_ylabel(f"1 - {y} (log scale)" if is_beta else f"{y} (log scale)")
+    if points is not None:
+        fig.colorbar(points, ax=ax, label=color.replace("_", " "))
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
