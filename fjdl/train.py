@@ -230,6 +230,15 @@ def _select(pred, new, old):
     return jax.tree.map(pick, new, old)
 
 
+CHUNK_MAX = 100
+"""The longest chunk of epochs that :func:`run_epochs` runs without per-epoch bookkeeping."""
+
+
+def _chunk_size(eval_every: int, epochs: int) -> int:
+    """The largest divisor of ``eval_every`` that is at most ``CHUNK_MAX`` and ``epochs``."""
+    return max(d for d in range(1, min(eval_every, epochs, CHUNK_MAX) + 1) if eval_every % d == 0)
+
+
 def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -247,6 +256,7 @@ class _Loop(NamedTuple):
     stopped_epoch: jax.Array  # -1 while running
     diverged_epoch: jax.Array  # -1 while finite
     i: jax.Array  # epochs run in this call
+    fast: jax.Array  # bool: still running whole chunks of epochs (see run_epochs)
     history: History  # (epochs,) buffers, NaN where not run
 
 
@@ -291,6 +301,11 @@ def run_epochs(
     The epochs run in a ``lax.while_loop`` that ends early when the cost or the parameters stop
     being finite, or when early stopping's patience runs out. Keeping the state before each epoch
     in the carry costs nothing measurable and makes the last finite state available after a NaN.
+    When ``eval_every > 1``, whole chunks of epochs (the largest divisor of ``eval_every`` up to
+    :data:`CHUNK_MAX`) run first as one ``lax.scan`` each, with the finiteness test, the history
+    write and the evaluation once per chunk; a chunk that produced a NaN or an Inf is rerun by the
+    per-epoch loop, which also runs the epochs after the last whole chunk. The results are those of
+    the per-epoch loop (to float rounding; bit for bit run to run).
 
     Returns ``(loop, history)``: the final :class:`_Loop` carry (``loop.state`` is the last finite
     state) and the per-epoch :class:`History` (NaN for epochs not run).
@@ -303,11 +318,21 @@ def run_epochs(
     opt = optimizer(lambda count: lr_of_epoch(count // steps_per_epoch))
     has_dev = X_dev is not None
 
+    if n_full == 1 and not remainder and max(config.sizes) <= model.NARROW_WIDTH:
+        # model.apply runs narrow networks with examples along the last axis and transposes its
+        # input. Transposed once here, outside the loop, the transpose in apply cancels against
+        # this one and no step transposes the data again: 1.2x for the course's full-batch runs
+        # (bench/, case B). The barrier keeps XLA from cancelling the two before the loop.
+        X_T = jax.lax.optimization_barrier(X.T)
+        X_full = lambda: X_T.T  # noqa: E731
+    else:
+        X_full = lambda: X  # noqa: E731
+
     def run_one_epoch(state: TrainState):
         epoch = state.epoch
         if n_full == 1 and not remainder:
             # Full batch: the data in order, no gather. (Shuffling would change only rounding.)
-            new_state, cost = train_step(config, opt, state, hp, X, Y)
+            new_state, cost = train_step(config, opt, state, hp, X_full(), Y)
         else:
             shuffle_key = jax.random.fold_in(jax.random.fold_in(state.key, 0), epoch)
             perm = jax.random.permutation(shuffle_key, m)
@@ -336,20 +361,8 @@ def run_epochs(
             dev_cost = dev_acc = jnp.asarray(jnp.nan, cost.dtype)
         return jnp.stack([train_acc.astype(cost.dtype), dev_cost, dev_acc.astype(cost.dtype)])
 
-    def body(loop: _Loop) -> _Loop:
-        state, i = loop.state, loop.i
-        epoch = state.epoch
-        new_state, cost = run_one_epoch(state)
-        evaluate_now = (i + 1) % eval_every == 0
-        if eval_every == 1:
-            train_acc, dev_cost, dev_acc = metrics(new_state, cost)
-        else:
-            nan3 = jnp.full((3,), jnp.nan, cost.dtype)
-            train_acc, dev_cost, dev_acc = jax.lax.cond(
-                evaluate_now, metrics, lambda *_: nan3, new_state, cost
-            )
-        finite = jnp.isfinite(cost) & _all_finite(new_state.params)
-        diverged_epoch = jnp.where(finite, loop.diverged_epoch, epoch)
+    def early_stopping(loop: _Loop, new_state, epoch, finite, evaluate_now, dev_cost):
+        """The best-so-far and patience fields after an epoch (unchanged without patience)."""
         best_params, best_ms = loop.best_params, loop.best_model_state
         best_cost, best_epoch = loop.best_cost, loop.best_epoch
         bad, stopped = loop.bad_epochs, loop.stopped_epoch
@@ -361,6 +374,23 @@ def run_epochs(
             best_epoch = jnp.where(improved, epoch, best_epoch)
             bad = jnp.where(improved, 0, jnp.where(evaluate_now, bad + 1, bad))
             stopped = jnp.where(finite & (bad >= patience), epoch, stopped)
+        return best_params, best_ms, best_cost, best_epoch, bad, stopped
+
+    def evaluate(new_state, cost, evaluate_now, always: bool):
+        if always:
+            return metrics(new_state, cost)
+        nan3 = jnp.full((3,), jnp.nan, cost.dtype)
+        return jax.lax.cond(evaluate_now, metrics, lambda *_: nan3, new_state, cost)
+
+    def body(loop: _Loop) -> _Loop:
+        state, i = loop.state, loop.i
+        epoch = state.epoch
+        new_state, cost = run_one_epoch(state)
+        evaluate_now = (i + 1) % eval_every == 0
+        train_acc, dev_cost, dev_acc = evaluate(new_state, cost, evaluate_now, eval_every == 1)
+        finite = jnp.isfinite(cost) & _all_finite(new_state.params)
+        diverged_epoch = jnp.where(finite, loop.diverged_epoch, epoch)
+        kept = early_stopping(loop, new_state, epoch, finite, evaluate_now, dev_cost)
         if progress_every:
             _report_progress(i, cost, dev_cost, progress_every)
         row = (cost, train_acc, dev_cost, dev_acc, lr_of_epoch(epoch))
@@ -370,18 +400,60 @@ def run_epochs(
                 for h, v in zip(loop.history, row)
             )
         )
-        return _Loop(
-            new_state,
-            state,
-            best_params,
-            best_ms,
-            best_cost,
-            best_epoch,
-            bad,
-            stopped,
-            diverged_epoch,
-            i + 1,
-            history,
+        return _Loop(new_state, state, *kept, diverged_epoch, i + 1, loop.fast, history)
+
+    # Fast path: chunks of ``chunk`` epochs, each one ``lax.scan`` with no per-epoch bookkeeping
+    # (no finiteness test, no history write, no metrics branch). A course-size full-batch run is
+    # one tiny step per epoch, and that bookkeeping cost as much as the step itself (bench/, case
+    # B). Evaluations fall on chunk ends (``chunk`` divides ``eval_every``). A chunk that produced
+    # a NaN or an Inf is discarded and the per-epoch loop below reruns it from its start, exactly
+    # as without chunks: it finds the epoch that diverged and keeps the last finite state.
+    chunk = _chunk_size(eval_every, epochs)
+
+    def chunk_body(loop: _Loop) -> _Loop:
+        state, i = loop.state, loop.i
+
+        def one_epoch(s, _):
+            lr = lr_of_epoch(s.epoch)
+            new_s, cost = run_one_epoch(s)
+            return new_s, (cost, lr)
+
+        new_state, (costs, lrs) = jax.lax.scan(one_epoch, state, None, length=chunk)
+        cost = costs[-1]
+        epoch = new_state.epoch - 1
+        finite = jnp.all(jnp.isfinite(costs)) & _all_finite(new_state.params)
+        evaluate_now = (i + chunk) % eval_every == 0
+        train_acc, dev_cost, dev_acc = evaluate(new_state, cost, evaluate_now, chunk == eval_every)
+        kept = early_stopping(loop, new_state, epoch, finite, evaluate_now, dev_cost)
+        if progress_every:
+            _report_progress(i + chunk - 1, cost, dev_cost, 1)
+        nan = jnp.full((chunk - 1,), jnp.nan, jnp.float32)
+        rows = (
+            costs,
+            jnp.append(nan, train_acc.astype(jnp.float32)),
+            jnp.append(nan, dev_cost.astype(jnp.float32)),
+            jnp.append(nan, dev_acc.astype(jnp.float32)),
+            lrs,
+        )
+        history = History(
+            *(
+                jax.lax.dynamic_update_slice(h, v.astype(h.dtype), (i,))
+                for h, v in zip(loop.history, rows)
+            )
+        )
+        advanced = _Loop(
+            new_state, state, *kept, loop.diverged_epoch, i + chunk, loop.fast, history
+        )
+        # Not finite: leave everything as it was and hand the chunk over to the per-epoch loop.
+        stay = loop._replace(fast=jnp.zeros((), bool))
+        return _select(finite, advanced, stay)
+
+    def chunk_running(loop: _Loop):
+        return (
+            loop.fast
+            & (loop.i + chunk <= epochs)
+            & (loop.stopped_epoch < 0)
+            & (loop.diverged_epoch < 0)
         )
 
     def running(loop: _Loop):
@@ -399,8 +471,12 @@ def run_epochs(
         stopped_epoch=minus_one,
         diverged_epoch=minus_one,
         i=jnp.zeros((), jnp.int32),
+        fast=jnp.ones((), bool),
         history=History(*(jnp.full((epochs,), jnp.nan, jnp.float32) for _ in History._fields)),
     )
+    if chunk > 1:
+        loop = jax.lax.while_loop(chunk_running, chunk_body, loop)
+    # The per-epoch loop: the epochs left after the last whole chunk, or the chunk that diverged.
     loop = jax.lax.while_loop(running, body, loop)
     # After a NaN the loop ends at once: the state before that epoch is the last finite one.
     last_finite = _select(loop.diverged_epoch >= 0, loop.previous, loop.state)
@@ -512,7 +588,10 @@ def fit(
         state; ``"stop"`` returns it.
       eval_every: compute the eval-mode train accuracy and the dev metrics every this many epochs
         (NaN in the history in between; the training cost is recorded every epoch regardless). With
-        early stopping, patience counts evaluations.
+        early stopping, patience counts evaluations. Larger values also make long runs of tiny
+        epochs faster: the epochs between evaluations run as one compiled chunk (2.5x for the
+        course's full-batch 10,000-epoch runs, see ``bench/``). A value beyond ``epochs`` never
+        evaluates.
 
     Returns:
       A :class:`FitResult` with the final (or best, with early stopping) state and the history.
