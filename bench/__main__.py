@@ -103,6 +103,9 @@ def speedups(case: str, result: dict) -> dict:
         if tm and seq:
             out["vs_sequential"] = seq["median_s"] / tm["median_s"]
             out["met"] = out["vs_sequential"] >= 10
+        cores = _ok(rows, "fjdl.tune.train_many, one CPU device per core")
+        if cores and seq:
+            out["vs_sequential_all_cores"] = seq["median_s"] / cores["median_s"]
     elif case == "E":
         net = result["networks"][-1]
         fj = _ok(net["rows"], "fjdl.gradcheck.numerical_gradient_mlp")

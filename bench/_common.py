@@ -165,8 +165,12 @@ def run_numpy(case: str, arrays: dict, reps: int, timeout: float = 600) -> dict:
     return out
 
 
-def run_subprocess(module: str, func: str, kwargs: dict, timeout: float = 600):
+def run_subprocess(
+    module: str, func: str, kwargs: dict, timeout: float = 600, extra_env: dict | None = None
+):
     """``module.func(**kwargs)`` in a fresh Python process; returns its (pickled) result.
+
+    ``extra_env`` is added to the child's environment (e.g. ``XLA_FLAGS``, read when JAX starts).
 
     PyTorch peers run this way: in a process where XLA's thread pool is alive, PyTorch's own
     intra-op threads contend with it on a 2-core machine and eager PyTorch ran 5-40x slower.
@@ -185,6 +189,7 @@ def run_subprocess(module: str, func: str, kwargs: dict, timeout: float = 600):
             check=True,
             timeout=timeout,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            env={**os.environ, **(extra_env or {})},
         )
         with open(path_out, "rb") as f:
             return pickle.load(f)

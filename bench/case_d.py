@@ -4,7 +4,14 @@ rates log-uniform in [1e-3, 0.3], 2,000 gradient-descent steps each.
 ``fjdl.tune.train_many`` against 64 sequential compiled runs (``fjdl.train.fit`` compiled once and
 called 64 times) and against a naive ``jax.vmap`` of a single-model ``lax.scan``. All three start
 model ``i`` from the same parameters (``fit``'s initialization from ``keys[i]``).
+
+On a CPU, JAX shows one device however many cores there are, and these tiny products run on one
+core. One more row runs ``train_many`` in a subprocess started with one simulated CPU device per
+core (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), over which it shards its models:
+the caviar strategy using the whole machine, as a user would run it.
 """
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +56,25 @@ def run_train_many(s, reps):
 
     timing, params = C.timeit(go, reps=reps)
     return timing, [_flat_of(params, i) for i in range(s["n"])]
+
+
+def train_many_worker(quick: bool, reps: int):
+    """``run_train_many`` in a process of its own (see ``run_train_many_all_cores``)."""
+    s = setup(quick)
+    timing, flats = run_train_many(s, reps)
+    return timing, flats, len(jax.devices())
+
+
+def run_train_many_all_cores(s, quick, reps):
+    n_cores = os.cpu_count() or 1
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n_cores}"
+    timing, flats, n_dev = C.run_subprocess(
+        "bench.case_d",
+        "train_many_worker",
+        {"quick": quick, "reps": reps},
+        extra_env={"XLA_FLAGS": flags.strip()},
+    )
+    return timing, flats
 
 
 def run_sequential(s, reps):
@@ -109,6 +135,14 @@ def run(quick: bool) -> dict:
         ("fjdl.train.fit x N, sequential", lambda: run_sequential(s, 1 if not quick else reps)),
         ("jax: naive vmap of a scan", lambda: run_naive_vmap(s, reps)),
     ]
+    if jax.default_backend() == "cpu" and (os.cpu_count() or 1) > 1:
+        peers.insert(
+            1,
+            (
+                "fjdl.tune.train_many, one CPU device per core",
+                lambda: run_train_many_all_cores(s, quick, reps),
+            ),
+        )
     rows, ref = [], None
     for name, fn in peers:
         try:
