@@ -39,13 +39,18 @@ def _positive_int(text):
     return value
 
 
-def _add_train_flags(p):
+def _add_dataset_flags(p):
+    """The built-in dataset flags that ``train`` and ``tune`` share (``fjdl.data.DATASETS``)."""
     p.add_argument(
         "--dataset", default="moons", choices=["moons", "circles", "spirals", "blobs", "digits"]
     )
     p.add_argument(
         "--n-samples", type=_positive_int, default=600, help="examples to generate (2-D sets)"
     )
+
+
+def _add_train_flags(p):
+    _add_dataset_flags(p)
     p.add_argument(
         "--noise", type=float, default=None, help="noise of the 2-D sets (default: each set's own)"
     )
@@ -128,12 +133,7 @@ def _positive_float(text):
 
 
 def _add_tune_flags(p):
-    p.add_argument(
-        "--dataset", default="moons", choices=["moons", "circles", "spirals", "blobs", "digits"]
-    )
-    p.add_argument(
-        "--n-samples", type=_positive_int, default=600, help="examples to generate (2-D sets)"
-    )
+    _add_dataset_flags(p)
     p.add_argument("--trials", type=_positive_int, default=16, help="trials per round")
     p.add_argument(
         "--rounds", type=_positive_int, default=2, help="search rounds (1: plain random search)"
