@@ -35,20 +35,24 @@ first layer of every model is one wide product on the shared inputs, and each la
 batched product ``(N, n_out, n_in) @ (N, n_in, m)``. Of the layouts tried on a 2-core CPU (batched
 products, broadcast-and-sum, unrolled sums, block-diagonal packing of 2 to 8 models, models in the
 SIMD lanes, chunks of models in a ``lax.map``) this was the fastest, yet for course-size networks
-it is only about as fast as training the models one after another (also for 2-100-100-1): the
-per-model products are too small for any layout to reach the speed of a large matrix product.
-What it gives is one program, one compilation and one call for every model, and the use of
-several devices: the models are sharded over all of them (:func:`fjdl.parallel.model_sharding`).
+on one core it is only about as fast as training the models one after another: the per-model
+products are too small for any layout to reach the speed of a large matrix product. So on a CPU,
+which JAX shows as one device, the models are split into one part per core and the parts run from
+as many threads (64 course-size models, 2,000 steps: 1.1 s against 2.5 s for 64 sequential
+``fit`` calls on 2 cores). On several devices (GPUs, TPU cores, or simulated CPU devices) the
+models are sharded over all of them (:func:`fjdl.parallel.model_sharding`).
 
 References:
   Bergstra & Bengio, 2012, *Random Search for Hyper-Parameter Optimization*.
   Andrew Ng, *Improving Deep Neural Networks*, week 3.
 """
 
+import concurrent.futures
 import dataclasses
 import itertools
 import math
 import numbers
+import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -1105,6 +1109,13 @@ def _gather_from_hosts(tree):
     return jax.tree.map(gather, tree)
 
 
+def _cpu_threads(devices, n_models: int) -> int:
+    """Threads to run one device's models from: one per core on a single CPU device, else 1."""
+    if len(devices) != 1 or devices[0].platform != "cpu":
+        return 1
+    return max(1, min(os.cpu_count() or 1, n_models))
+
+
 def _train_group(
     config,
     X,
@@ -1143,47 +1154,65 @@ def _train_group(
         if isinstance(optimizer, str)
         else optimizer(jnp.zeros((), dtype))
     )
-    states_out, hist_out, div_out = [], [], []
-    for c in range(n_chunks):
-        sel = np.arange(c * size, min((c + 1) * size, n))
-        pad = np.concatenate([sel, np.full(size - sel.size, sel[0])]) if sel.size < size else sel
+    def run(idx):
+        """``_run_group`` on the models ``idx`` (an index array into this group's models)."""
         states = jax.vmap(
             lambda k: train.init_state(
                 k, config, lambda _lr: init_opt, 0.0, scheme=scheme, dtype=dtype
             )
-        )(keys[pad])
+        )(keys[idx])
         hp = train.Hyperparams(
-            jnp.asarray(lr[pad], dtype),
-            jnp.asarray(values["lambd"][pad], dtype),
-            jnp.asarray(values["l1"][pad], dtype),
-            jnp.asarray(keep_probs[pad], dtype),
+            jnp.asarray(lr[idx], dtype),
+            jnp.asarray(values["lambd"][idx], dtype),
+            jnp.asarray(values["l1"][idx], dtype),
+            jnp.asarray(keep_probs[idx], dtype),
         )
         ohp = OptHyperparams(
-            jnp.asarray(lr[pad], dtype),
-            jnp.asarray(values["decay_rate"][pad], dtype),
-            jnp.asarray(betas["beta"][pad], dtype),
-            jnp.asarray(betas["beta1"][pad], dtype),
-            jnp.asarray(betas["beta2"][pad], dtype),
-            jnp.asarray(values["epsilon"][pad], dtype),
+            jnp.asarray(lr[idx], dtype),
+            jnp.asarray(values["decay_rate"][idx], dtype),
+            jnp.asarray(betas["beta"][idx], dtype),
+            jnp.asarray(betas["beta1"][idx], dtype),
+            jnp.asarray(betas["beta2"][idx], dtype),
+            jnp.asarray(values["epsilon"][idx], dtype),
         )
         args = (states, hp, ohp, X, Y, *dev)
         if n_dev > 1:
             args = parallel.shard_models(args[:3], devices) + parallel.replicate(args[3:], devices)
+        return jax.block_until_ready(
+            _run_group(
+                *args,
+                config=config,
+                optimizer=optimizer,
+                batch_size=batch_size,
+                epochs=epochs,
+                decay_interval=decay_interval,
+                decayed=decayed,
+                eval_every=eval_every,
+                progress_every=max(1, epochs // 100) if callback is not None else None,
+            )
+        )
+
+    # JAX shows a CPU as one device, and small products run on one of its cores: on a CPU with
+    # several cores, a chunk is split into one equal part per core, run from as many threads (one
+    # compiled program; the parts run concurrently). 64 course-size models: 2.6 s -> 1.1 s on 2 cores.
+    n_threads = _cpu_threads(devices, size)
+    states_out, hist_out, div_out = [], [], []
+    for c in range(n_chunks):
+        sel = np.arange(c * size, min((c + 1) * size, n))
+        part = -(-size // n_threads)
+        pad = np.concatenate([sel, np.full(part * n_threads - sel.size, sel[0])])
         offset = int(epochs_done[0])
         if callback is not None:
             _PROGRESS["callback"] = lambda done, offset=offset: callback(offset + done)
-        states, hist, div = _run_group(
-            *args,
-            config=config,
-            optimizer=optimizer,
-            batch_size=batch_size,
-            epochs=epochs,
-            decay_interval=decay_interval,
-            decayed=decayed,
-            eval_every=eval_every,
-            progress_every=max(1, epochs // 100) if callback is not None else None,
-        )
-        jax.block_until_ready(states)
+        parts = np.split(pad, n_threads)
+        if n_threads == 1:
+            results = [run(parts[0])]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
+                results = list(pool.map(run, parts))
+        states = jax.tree.map(lambda *a: jnp.concatenate(a), *(r[0] for r in results))
+        hist = jax.tree.map(lambda *h: np.concatenate(h, axis=1), *(r[1] for r in results))
+        div = np.concatenate([np.asarray(r[2]) for r in results])
         if jax.process_count() > 1:  # several hosts: every host gets every model's results
             states, hist, div = _gather_from_hosts((states, hist, div))
         if callback is not None:

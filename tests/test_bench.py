@@ -44,7 +44,7 @@ def test_quick_bench_runs_and_implementations_agree(tmp_path):
         rows = bench_main._rows(result)
         for r in rows:
             if r["status"].startswith(("not installed", "pending")):
-                continue  # torch absent, or a helper's API not written yet
+                continue  # torch absent, or an API the case needs is missing
             assert r["status"] == "ok", (case, r)
             assert math.isfinite(r["median_s"]) and r["median_s"] > 0, (case, r)
             assert r["min_s"] <= r["median_s"] <= r["max_s"], (case, r)
