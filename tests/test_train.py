@@ -313,3 +313,103 @@ def test_progress_bar_is_fed_from_inside_the_compiled_loop(moons, monkeypatch):
     monkeypatch.setattr(train, "_open_bar", open_bar)
     train.fit(MLP((2, 3, 1)), X, Y, key=jax.random.key(0), epochs=250, progress=True)
     assert bar.closed and bar.n == 250 and "cost" in bar.post
+
+
+# ---- epochs run in chunks between evaluations keep fit's behaviour ------------------------------
+
+
+@pytest.fixture(scope="module")
+def moons120():
+    X, Y = data.make_moons(jax.random.key(0), 120, noise=0.2)
+    return np.asarray(X), np.asarray(Y)
+
+
+@pytest.mark.parametrize("eval_every, chunk", [(1, 1), (7, 7), (50, 50), (200, 100), (97, 97)])
+def test_chunk_size_divides_eval_every(eval_every, chunk):
+    assert train._chunk_size(eval_every, 1000) == chunk
+    assert eval_every % train._chunk_size(eval_every, 1000) == 0
+    assert train._chunk_size(50, 20) == 10  # never longer than the run
+
+
+def _per_epoch_fit(monkeypatch, *args, **kwargs):
+    """fit with chunks switched off: the reference per-epoch loop."""
+    with monkeypatch.context() as mp:
+        mp.setattr(train, "_chunk_size", lambda eval_every, epochs: 1)
+        train.run_epochs.clear_cache()
+        try:
+            return train.fit(*args, **kwargs)
+        finally:
+            train.run_epochs.clear_cache()
+
+
+def test_chunked_run_equals_the_per_epoch_loop(moons120, monkeypatch):
+    X, Y = moons120
+    config = MLP((2, 6, 3, 1))
+    kw = dict(key=jax.random.key(5), optimizer="gd", learning_rate=0.2, lambd=0.3, epochs=130)
+    fast = train.fit(config, X, Y, eval_every=25, dev=(X[:40], Y[:40]), **kw)
+    slow = _per_epoch_fit(monkeypatch, config, X, Y, eval_every=25, dev=(X[:40], Y[:40]), **kw)
+    chex.assert_trees_all_close(fast.state.params, slow.state.params, rtol=1e-5, atol=1e-6)
+    assert int(fast.state.step) == int(slow.state.step) == 130
+    assert int(fast.state.epoch) == 130
+    for a, b in zip(fast.history, slow.history):
+        assert a.shape == (130,)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))  # same epochs evaluated
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    evaluated = np.flatnonzero(~np.isnan(fast.history.dev_cost))
+    np.testing.assert_array_equal(evaluated, [24, 49, 74, 99, 124])
+    # Same key, same run, bit for bit.
+    again = train.fit(config, X, Y, eval_every=25, dev=(X[:40], Y[:40]), **kw)
+    chex.assert_trees_all_equal(again.state, fast.state)
+    chex.assert_trees_all_equal(again.history, fast.history)
+
+
+def test_chunked_run_with_minibatches_and_dropout(moons120, monkeypatch):
+    X, Y = moons120
+    config = MLP((2, 8, 1), keep_probs=0.8)
+    kw = dict(key=jax.random.key(6), optimizer="adam", learning_rate=0.01, epochs=12, batch_size=32)
+    fast = train.fit(config, X, Y, eval_every=4, **kw)
+    slow = _per_epoch_fit(monkeypatch, config, X, Y, eval_every=4, **kw)
+    chex.assert_trees_all_close(fast.state.params, slow.state.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.history.cost, slow.history.cost, rtol=1e-5)
+    np.testing.assert_allclose(fast.history.learning_rate, 0.01)
+
+
+@pytest.mark.parametrize("eval_every", [4, 100])
+def test_divergence_inside_a_chunk_keeps_the_last_finite_state(moons120, monkeypatch, eval_every):
+    X, _ = moons120
+    # Large inputs and a large step: gradient descent blows up at epoch 6, in the middle of the
+    # second chunk of 4 epochs (eval_every=4) or inside the first one (eval_every=100).
+    config = MLP((2, 4, 1), activation="leaky_relu", output="linear")
+    args = (config, 10 * X, X[:, 0] + X[:, 1])
+    kw = dict(key=jax.random.key(7), optimizer="gd", learning_rate=0.018, epochs=400)
+    with pytest.raises(train.TrainingDiverged) as fast:
+        train.fit(*args, eval_every=eval_every, **kw)
+    with pytest.raises(train.TrainingDiverged) as slow:
+        _per_epoch_fit(monkeypatch, *args, eval_every=eval_every, **kw)
+    fast, slow = fast.value, slow.value
+    assert fast.epoch == slow.epoch < 400
+    assert len(fast.history.cost) == fast.epoch
+    assert np.all(np.isfinite(fast.history.cost))
+    assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(fast.state.params))
+    assert int(fast.state.epoch) == fast.epoch  # the state before the epoch that diverged
+    chex.assert_trees_all_close(fast.state.params, slow.state.params, rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopping_on_chunk_ends(moons120, monkeypatch):
+    X, Y = moons120
+    config = MLP((2, 12, 1))
+    kw = dict(
+        key=jax.random.key(8),
+        optimizer="adam",
+        learning_rate=0.05,
+        epochs=300,
+        eval_every=10,
+        dev=(X[:30], Y[:30]),
+        patience=3,
+    )
+    fast = train.fit(config, X[30:], Y[30:], **kw)
+    slow = _per_epoch_fit(monkeypatch, config, X[30:], Y[30:], **kw)
+    assert fast.best_epoch == slow.best_epoch
+    assert fast.stopped_epoch == slow.stopped_epoch
+    assert fast.best_epoch is not None and (fast.best_epoch + 1) % 10 == 0
+    chex.assert_trees_all_close(fast.state.params, slow.state.params, rtol=1e-5, atol=1e-6)
