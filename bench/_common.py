@@ -129,6 +129,11 @@ def pending(impl: str, why: str) -> dict:
     return row(impl, None, status=f"pending: {why}")
 
 
+def error(impl: str, exc: Exception) -> dict:
+    """The row of a peer that raised: reported, not fatal to the run."""
+    return row(impl, None, status=f"error: {type(exc).__name__}: {exc}"[:200])
+
+
 def not_installed(impl: str, what: str) -> dict:
     return row(impl, None, status=f"not installed ({what})")
 

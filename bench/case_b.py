@@ -349,7 +349,7 @@ def run(quick: bool) -> dict:
         try:
             got = fn()
         except Exception as e:  # a peer that cannot run here is reported, not fatal
-            rows.append(C.row(name, None, status=f"error: {type(e).__name__}: {e}"[:200]))
+            rows.append(C.error(name, e))
             continue
         timing, flat = got[0], got[1]
         extra = got[2] if len(got) > 2 else {}

@@ -377,7 +377,7 @@ def run(quick: bool) -> dict:
             timing, _ = timed()
             flat = [np.asarray(a) for a in check()]
         except Exception as e:  # a peer that cannot run here is reported, not fatal
-            rows.append(C.row(name, None, status=f"error: {type(e).__name__}: {e}"[:200]))
+            rows.append(C.error(name, e))
             continue
         if ref is None:
             ref = flat

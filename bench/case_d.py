@@ -151,7 +151,7 @@ def run(quick: bool) -> dict:
             rows.append(C.pending(name, f"{e}"))
             continue
         except Exception as e:  # reported, not fatal
-            rows.append(C.row(name, None, status=f"error: {type(e).__name__}: {e}"[:200]))
+            rows.append(C.error(name, e))
             continue
         costs = np.array([case_b.final_cost(f, X, Y, lambd=0.0) for f in flats])
         if ref is None:
