@@ -10,6 +10,10 @@ Losses take **logits** (the pre-activation ``z`` of the output layer), not proba
 ``log(sigmoid(z))`` from ``z`` directly is exact where ``sigmoid(z)`` rounds to 0 or 1.
 """
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,37 +134,74 @@ def mean_squared_error(
     return 0.5 * jnp.sum(diff**2) / predictions.shape[0]
 
 
-def _weights(params: Params):
-    if not isinstance(params, tuple | list) or not all(
-        isinstance(p, dict) and "W" in p for p in params
-    ):
-        raise TypeError("params must be a tuple of per-layer dicts holding 'W'")
-    return [p["W"] for p in params]
+def is_weight(path, leaf) -> bool:
+    """The default choice of the **weights**: leaves with ``ndim >= 2`` that are not named ``bias``.
+
+    What L2 and L1 penalize, and what an optimizer's decay ``mask`` selects by default
+    (:func:`fjdl.optim.weights_only`): fjdl's dense ``W`` and convolution kernels, flax's
+    ``kernel``, equinox's ``weight``; never a bias, nor batch norm's scale ``gamma`` and shift
+    ``beta`` (all of shape ``(n,)``). Equinox keeps a convolution's bias as ``(C, 1, 1)``: the
+    name ``bias`` (the last key of ``path``) excludes it. ``path`` is the leaf's key path (as
+    ``jax.tree_util.tree_map_with_path`` gives it), so a predicate of your own can choose by name,
+    e.g. ``lambda path, leaf: "kernel" in jax.tree_util.keystr(path)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> is_weight((), jnp.ones((3, 3, 1, 16))), is_weight((), jnp.ones((16,)))
+      (True, False)
+    """
+    if jnp.ndim(leaf) < 2:
+        return False
+    last = path[-1] if path else None
+    name = getattr(last, "key", None) or getattr(last, "name", None)
+    return name != "bias"
 
 
-def l2_penalty(params: Params, lambd, m) -> jax.Array:
+WeightPredicate = Callable[[Any, Any], bool]
+"""``(key path, leaf) -> bool``: which leaves are weights (see :func:`is_weight`)."""
+
+
+def weights(params: Params, predicate: WeightPredicate = is_weight) -> list[jax.Array]:
+    """The leaves of ``params`` that ``predicate`` calls weights, in tree order.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> [w.shape for w in weights(({"W": jnp.ones((2, 3)), "b": jnp.zeros(3)},))]
+      [(2, 3)]
+    """
+    if not callable(predicate):
+        raise TypeError(
+            f"is_weight must be a function (key path, leaf) -> bool, got {type(predicate).__name__}"
+        )
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return [leaf for path, leaf in leaves if predicate(path, leaf)]
+
+
+def l2_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weight) -> jax.Array:
     """The L2 (weight-decay) term of the cost: ``lambd / (2 m) * sum_l ||W_l||_F^2``.
 
     Only weights are penalized, never biases or batch-norm's ``gamma``/``beta``.
 
     Args:
-      params: a tuple of per-layer dicts, each with ``W``.
+      params: any pytree of parameters (fjdl's MLP, a convnet's dict, a flax or equinox tree).
       lambd: the regularization strength ``lambda`` (>= 0).
       m: the number of examples the data term averages over (> 0).
+      is_weight: which leaves are weights (default :func:`is_weight`: ``ndim >= 2``).
     """
     _checks.check_nonnegative("lambd", lambd)
     _checks.check_positive("m", m)
-    return lambd / (2 * m) * sum(jnp.sum(jnp.square(W)) for W in _weights(params))
+    return lambd / (2 * m) * sum(jnp.sum(jnp.square(W)) for W in weights(params, is_weight))
 
 
-def l1_penalty(params: Params, lambd, m) -> jax.Array:
+def l1_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weight) -> jax.Array:
     """The L1 term: ``lambd / (2 m) * sum_l sum |W_l|``, which pushes weights to exactly zero.
 
-    Scaled by ``1 / (2 m)`` like the L2 term, as the course writes it.
+    Scaled by ``1 / (2 m)`` like the L2 term, as the course writes it. ``params`` and
+    ``is_weight`` as for :func:`l2_penalty`.
     """
     _checks.check_nonnegative("lambd", lambd)
     _checks.check_positive("m", m)
-    return lambd / (2 * m) * sum(jnp.sum(jnp.abs(W)) for W in _weights(params))
+    return lambd / (2 * m) * sum(jnp.sum(jnp.abs(W)) for W in weights(params, is_weight))
 
 
 DATA_LOSSES = {
@@ -170,37 +211,154 @@ DATA_LOSSES = {
 }
 
 
+def _one_logit(out):
+    """A binary model's logits as ``(m,)``: a ``(m, 1)`` output (flax's ``Dense(1)``) flattened."""
+    out = jnp.asarray(out)
+    return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out
+
+
+def _binary(out, y):
+    return binary_cross_entropy(_one_logit(out), y)
+
+
+def _binary_accuracy(out, y):
+    return jnp.mean((_one_logit(out) > 0).astype(jnp.int32) == jnp.asarray(y).astype(jnp.int32))
+
+
+def _binary_predict(out):
+    return (_one_logit(out) > 0).astype(jnp.int32)
+
+
+def _softmax_accuracy(out, y):
+    y = jnp.asarray(y)
+    if y.ndim == 2:
+        y = jnp.argmax(y, axis=-1)
+    return jnp.mean(jnp.argmax(out, axis=-1) == y)
+
+
+def _softmax_predict(out):
+    return jnp.argmax(out, axis=-1)
+
+
+def _mse(out, y):
+    out, y = jnp.asarray(out), jnp.asarray(y)
+    return mean_squared_error(out, y.reshape(out.shape) if y.size == out.size else y)
+
+
+def _identity(out):
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """What a model's output means: its data loss, an optional metric, and its predictions.
+
+    Hashable (a static argument of the compiled training loop): two losses built from the same
+    functions are equal.
+
+    Attributes:
+      name: shown in messages and tables.
+      value: ``(out, y) -> scalar``, the mean loss over the batch (the data term of the cost).
+      metric: ``(out, y) -> scalar`` in [0, 1] such as accuracy, or ``None`` (recorded as NaN).
+      predict: ``out -> predictions``.
+      labels: how :func:`fjdl.train.fit` checks the labels before compiling: ``"binary"`` (values
+        in {0, 1}, one per example), ``"classes"`` (integers in [0, C) with ``C`` the output's
+        last axis, or one-hot rows ``(m, C)``, turned into indices), or ``"any"``.
+    """
+
+    name: str
+    value: Callable[[Any, Any], jax.Array]
+    metric: Callable[[Any, Any], jax.Array] | None = None
+    predict: Callable[[Any], jax.Array] = _identity
+    labels: str = "any"
+
+
+LOSSES = {
+    "binary": Loss("binary", _binary, _binary_accuracy, _binary_predict, "binary"),
+    "softmax": Loss(
+        "softmax", softmax_cross_entropy, _softmax_accuracy, _softmax_predict, "classes"
+    ),
+    "mse": Loss("mse", _mse, None, _identity, "any"),
+}
+"""The built-in losses by name: sigmoid cross-entropy on logits, softmax cross-entropy, half MSE."""
+
+_ALIASES = {"sigmoid": "binary", "linear": "mse"}
+
+
+def get(loss, metric: Callable[[Any, Any], jax.Array] | None = None, *, arg: str = "loss") -> Loss:
+    """A :class:`Loss` from a name, a function ``(out, y) -> scalar``, or a :class:`Loss`.
+
+    Args:
+      loss: ``"binary"`` (alias ``"sigmoid"``): :func:`binary_cross_entropy` on logits of shape
+        ``(m,)`` or ``(m, 1)``, accuracy of ``out > 0``; ``"softmax"``: :func:`softmax_cross_entropy`
+        on ``(m, C)`` logits, accuracy of the argmax; ``"mse"`` (alias ``"linear"``):
+        :func:`mean_squared_error`, no metric; a function ``(out, y) -> scalar``; or a :class:`Loss`.
+      metric: with a function ``loss``, an optional ``(out, y) -> scalar`` metric (e.g. accuracy).
+      arg: the argument's name in error messages.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> get("sigmoid").name, float(get("binary").metric(jnp.array([[2.0], [-1.0]]), jnp.array([1, 1])))
+      ('binary', 0.5)
+    """
+    if isinstance(loss, Loss):
+        if metric is not None:
+            return dataclasses.replace(loss, metric=metric)
+        return loss
+    if isinstance(loss, str):
+        name = _ALIASES.get(loss, loss)
+        if name not in LOSSES:
+            raise ValueError(
+                f"{arg} must be one of {sorted(LOSSES) + sorted(_ALIASES)}, a function "
+                f"(out, y) -> scalar or an fjdl.losses.Loss, got {loss!r}"
+            )
+        return LOSSES[name] if metric is None else dataclasses.replace(LOSSES[name], metric=metric)
+    if callable(loss):
+        if metric is not None and not callable(metric):
+            raise TypeError(f"metric must be a function (out, y) -> scalar, got {metric!r}")
+        return Loss(getattr(loss, "__name__", "custom"), loss, metric)
+    raise TypeError(
+        f"{arg} must be a name ('binary', 'softmax', 'mse'), a function (out, y) -> scalar or an "
+        f"fjdl.losses.Loss, got {type(loss).__name__}"
+    )
+
+
 def cost(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     params: Params | None = None,
     *,
-    output: str = "sigmoid",
+    output="sigmoid",
     lambd=0.0,
     l1=0.0,
     m=None,
+    is_weight: WeightPredicate = is_weight,
 ) -> jax.Array:
-    """The data loss for the output layer plus the L2 and L1 penalties.
+    """The data loss plus the L2 and L1 penalties on the weights.
+
+    .. math::
+      J = \\frac{1}{m} \\sum_i \\mathcal{L}(\\hat y^{(i)}, y^{(i)})
+          + \\frac{\\lambda}{2m} \\sum_W \\lVert W \\rVert_F^2 + \\frac{\\lambda_1}{2m} \\sum_W |W|
 
     Args:
-      logits: the network's output pre-activations.
-      labels: targets, as the loss for ``output`` expects.
-      params: the parameters to penalize; needed when ``lambd`` or ``l1`` is non-zero.
-      output: ``"sigmoid"`` (binary cross-entropy), ``"softmax"`` (softmax cross-entropy) or
-        ``"linear"`` (half mean squared error).
+      logits: the network's output (pre-activations for the cross-entropies).
+      labels: targets, as the loss expects.
+      params: the parameters to penalize (any pytree); needed when ``lambd`` or ``l1`` is non-zero.
+      output: the loss: ``"sigmoid"``/``"binary"`` (binary cross-entropy), ``"softmax"`` (softmax
+        cross-entropy), ``"linear"``/``"mse"`` (half mean squared error), a function
+        ``(out, y) -> scalar`` or a :class:`Loss` (see :func:`get`).
       lambd: L2 strength; ``l1``: L1 strength.
       m: the ``m`` of the penalties; defaults to the batch size ``labels.shape[0]``.
+      is_weight: which leaves the penalties act on (default :func:`is_weight`, ``ndim >= 2``).
     """
-    if output not in DATA_LOSSES:
-        raise ValueError(f"output must be one of {sorted(DATA_LOSSES)}, got {output!r}")
-    total = DATA_LOSSES[output](logits, labels)
+    total = get(output, arg="output").value(logits, labels)
     m = jnp.shape(labels)[0] if m is None else m
     l2_on = not _checks.is_concrete(lambd) or np.any(np.asarray(lambd) != 0)
     l1_on = not _checks.is_concrete(l1) or np.any(np.asarray(l1) != 0)
     if (l2_on or l1_on) and params is None:
         raise ValueError("cost needs params when lambd or l1 is non-zero")
     if l2_on:
-        total = total + l2_penalty(params, lambd, m)
+        total = total + l2_penalty(params, lambd, m, is_weight=is_weight)
     if l1_on:
-        total = total + l1_penalty(params, lambd=l1, m=m)
+        total = total + l1_penalty(params, lambd=l1, m=m, is_weight=is_weight)
     return total

@@ -1,4 +1,22 @@
-"""A multilayer perceptron as a frozen config plus two pure functions, ``init`` and ``apply``.
+"""The model protocol, and fjdl's multilayer perceptron as one model among others.
+
+**The protocol.** A model is any hashable object (usable as a ``jit`` static argument) with two pure
+methods:
+
+- ``init(key) -> (params, state)``: ``params`` a pytree of trainable arrays, ``state`` a pytree of
+  non-trainable arrays (batch-norm running statistics; empty when there are none);
+- ``apply(params, state, x, *, key=None, train=False) -> (out, new_state)``: dropout only when
+  training (it needs ``key``); batch norm uses batch statistics when training, running ones
+  otherwise.
+
+Everything above the building blocks (:func:`fjdl.train.fit`, early stopping, the NaN guard,
+:class:`fjdl.tune.Panda`, :func:`fjdl.parallel.fit_data_parallel`, :mod:`fjdl.gradcheck`) works
+for any such model. :class:`MLP` implements it; :func:`from_functions` makes a model of two plain
+functions, :func:`from_flax` of a flax linen module and :func:`from_equinox` of an equinox module.
+The protocol follows Keras 3's ``stateless_call(trainable, non_trainable, x, training=...)`` and
+equinox's ``(out, state)``.
+
+**The MLP** is a frozen config plus two pure functions, :func:`init` and :func:`apply`.
 
 Forward propagation, layer ``l`` of ``L`` (batch first; the course's ``W`` is our ``W.T``):
 
@@ -12,17 +30,72 @@ applies the sigmoid or softmax itself (see :mod:`fjdl.losses`).
 """
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
 from fjdl import _checks, batchnorm, initializers, nn
 from fjdl._types import Params, PRNGKey, State
+from fjdl.wrappers import BATCH_AXIS, EquinoxModel, FlaxModel, from_equinox, from_flax
+
+__all__ = [
+    "BATCH_AXIS",
+    "MLP",
+    "EquinoxModel",
+    "FlaxModel",
+    "FunctionModel",
+    "Model",
+    "apply",
+    "check_model",
+    "check_params",
+    "from_equinox",
+    "from_flax",
+    "from_functions",
+    "init",
+    "predict",
+]
 
 OUTPUTS = ("sigmoid", "softmax", "linear")
 NARROW_WIDTH = 128
 """Networks no wider than this run with examples along the last axis inside :func:`apply`."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What fjdl asks of a model: hashable, with pure ``init`` and ``apply`` (see the module doc)."""
+
+    def init(self, key: PRNGKey) -> tuple[Params, State]: ...
+
+    def apply(
+        self,
+        params: Params,
+        state: State,
+        x: jax.typing.ArrayLike,
+        *,
+        key: PRNGKey | None = None,
+        train: bool = False,
+    ) -> tuple[jax.Array, State]: ...
+
+
+def check_model(model: Any, name: str = "model") -> None:
+    """Raise a ``TypeError`` naming ``name`` unless ``model`` follows the model protocol."""
+    missing = [m for m in ("init", "apply") if not callable(getattr(model, m, None))]
+    if missing:
+        raise TypeError(
+            f"{name} must follow the model protocol (init(key) -> (params, state) and "
+            f"apply(params, state, x, *, key=None, train=False) -> (out, state)), as fjdl.MLP, "
+            f"fjdl.model.from_functions, from_flax and from_equinox do; {type(model).__name__} "
+            f"has no {' or '.join(missing)}"
+        )
+    try:
+        hash(model)
+    except TypeError as e:
+        raise TypeError(
+            f"{name} must be hashable (it is a static argument of the compiled loop); "
+            f"{type(model).__name__} is not: {e}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +173,28 @@ class MLP:
     def is_bn_layer(self, l: int) -> bool:
         """Whether layer ``l`` (0-based) is batch-normalized: every hidden layer, when enabled."""
         return self.batchnorm and l < self.n_layers - 1
+
+    @property
+    def loss(self) -> str:
+        """The default loss of the output (see :func:`fjdl.losses.get`): ``"binary"`` for a
+        sigmoid, ``"softmax"``, ``"mse"`` for a linear output."""
+        return {"sigmoid": "binary", "softmax": "softmax", "linear": "mse"}[self.output]
+
+    def init(self, key: PRNGKey) -> tuple[Params, State]:
+        """The protocol's ``init``: :func:`fjdl.model.init` with He initialization in float32."""
+        return init(key, self)
+
+    def apply(
+        self,
+        params: Params,
+        state: State,
+        x: jax.typing.ArrayLike,
+        *,
+        key: PRNGKey | None = None,
+        train: bool = False,
+    ) -> tuple[jax.Array, State]:
+        """The protocol's ``apply``: :func:`fjdl.model.apply` of this config."""
+        return apply(self, params, state, x, key=key, train=train)
 
 
 def init(key: PRNGKey, config: MLP, scheme="he", dtype=jnp.float32) -> tuple[Params, State]:
@@ -255,3 +350,70 @@ def predict(config: MLP, params: Params, state: State, x: jax.typing.ArrayLike) 
     if config.output == "softmax":
         return jnp.argmax(logits, axis=-1)
     return logits
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FunctionModel:
+    """A model made of two plain functions (see :func:`from_functions`).
+
+    Two ``FunctionModel`` are equal, and hash alike, when they hold the same functions and the
+    same ``name``: building one twice from the same functions reuses the compiled loop.
+    """
+
+    init_fn: Callable[[PRNGKey], tuple[Params, State]]
+    apply_fn: Callable[..., tuple[jax.Array, State]]
+    name: str = ""
+
+    def __eq__(self, other):
+        return isinstance(other, FunctionModel) and (
+            (self.init_fn, self.apply_fn, self.name) == (other.init_fn, other.apply_fn, other.name)
+        )
+
+    def __hash__(self):
+        return hash((FunctionModel, self.init_fn, self.apply_fn, self.name))
+
+    def init(self, key: PRNGKey) -> tuple[Params, State]:
+        params, state = self.init_fn(key)
+        return params, ({} if state is None else state)
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        return self.apply_fn(params, state, x, key=key, train=train)
+
+
+def from_functions(
+    init: Callable[[PRNGKey], tuple[Params, State]],
+    apply: Callable[..., tuple[jax.Array, State]],
+    name: str = "",
+) -> FunctionModel:
+    """A model of the protocol from two plain functions.
+
+    Args:
+      init: ``key -> (params, state)``; ``state`` may be ``None`` or ``{}`` for a model without
+        batch norm.
+      apply: ``(params, state, x, *, key=None, train=False) -> (out, new_state)``, pure and
+        traceable. It must accept ``key`` and ``train`` as keywords even if it ignores them.
+      name: shown in messages and results.
+
+    Returns:
+      A hashable :class:`FunctionModel`; models built from the same two functions are equal, so
+      they share compiled programs. (A ``lambda`` written anew each time is a new function, and
+      compiles anew.)
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> def init_fn(key):
+      ...     return {"w": jax.random.normal(key, (3,))}, {}
+      >>> def apply_fn(params, state, x, *, key=None, train=False):
+      ...     return x @ params["w"], state
+      >>> net = from_functions(init_fn, apply_fn, name="linear")
+      >>> params, state = net.init(jax.random.key(0))
+      >>> out, _ = net.apply(params, state, jnp.ones((4, 3)))
+      >>> out.shape, net == from_functions(init_fn, apply_fn, name="linear")
+      ((4,), True)
+    """
+    for arg, fn in (("init", init), ("apply", apply)):
+        if not callable(fn):
+            raise TypeError(f"{arg} must be a function, got {type(fn).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    return FunctionModel(init, apply, name)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from fjdl import _checks
 from fjdl._types import OptState, Params, ScalarOrSchedule
+from fjdl.losses import is_weight
 
 Updates = Any
 """A pytree shaped like the parameters: what :func:`apply_updates` adds to them."""
@@ -187,22 +188,20 @@ def _scale(directions, params, learning_rate, count, weight_decay, mask):
     return jax.tree.map(leaf, directions, params, _mask_tree(mask, params))
 
 
-def weights_only(params: Params) -> Any:
-    """A mask for ``l2``/``weight_decay``: True for the weights ``"W"``, False for the rest.
+def weights_only(params: Params, is_weight: Callable[[Any, Any], bool] = is_weight) -> Any:
+    """A mask for ``l2``/``weight_decay``: True for the weights, False for the rest.
 
     The course's L2 regularization penalizes the weights only, never ``b`` (nor batch norm's
-    ``gamma`` and ``beta``).
+    ``gamma`` and ``beta``). The weights are the leaves that ``is_weight(path, leaf)`` selects;
+    the default, :func:`fjdl.losses.is_weight`, takes the leaves with ``ndim >= 2``: fjdl's ``W``,
+    convolution kernels, flax's ``kernel``, equinox's ``weight``.
 
     Example:
-      >>> weights_only(({"W": 1.0, "b": 0.0},))
+      >>> import jax.numpy as jnp
+      >>> weights_only(({"W": jnp.ones((2, 3)), "b": jnp.zeros(3)},))
       ({'W': True, 'b': False},)
     """
-
-    def is_weight(path, _):
-        last = path[-1] if path else None
-        return isinstance(last, jax.tree_util.DictKey) and last.key == "W"
-
-    return jax.tree_util.tree_map_with_path(is_weight, params)
+    return jax.tree_util.tree_map_with_path(lambda p, leaf: bool(is_weight(p, leaf)), params)
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

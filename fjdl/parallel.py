@@ -22,6 +22,7 @@ lists the devices of all hosts and the same code runs on each (see the README).
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -101,7 +102,7 @@ def shard_data(tree, devices: Sequence | None = None):
 
 
 def fit_data_parallel(
-    config, X, Y, *, key, devices: Sequence | None = None, dev=None, **fit_kwargs
+    model, X, Y, *, key, devices: Sequence | None = None, dev=None, **fit_kwargs
 ) -> train.FitResult:
     """:func:`fjdl.train.fit`, data parallel: the examples split over ``devices``, the parameters
     replicated on each.
@@ -115,7 +116,7 @@ def fit_data_parallel(
     examples.
 
     Args:
-      config, X, Y, key: as for :func:`fjdl.train.fit`.
+      model, X, Y, key: as for :func:`fjdl.train.fit`: any model of the protocol.
       devices: the devices to use (default: all of ``jax.devices()``). The number of training
         examples must be a multiple of their number.
       dev: optional ``(X_dev, Y_dev)``; sharded when its size divides evenly, else replicated.
@@ -135,12 +136,13 @@ def fit_data_parallel(
       (2,)
     """
     devices = _devices(devices)
-    X, Y = train._check_data(config, "training", X, Y)
-    X, Y = shard_data((X, Y), devices)
+    X, Y = shard_data((train._as_inputs("training", X), jnp.asarray(Y)), devices)
     if dev is not None:
-        X_dev, Y_dev = train._check_data(config, "dev", *dev)
+        if not isinstance(dev, tuple | list) or len(dev) != 2:
+            raise ValueError(f"dev must be a pair (X_dev, Y_dev), got {type(dev).__name__}")
+        X_dev, Y_dev = train._as_inputs("dev", dev[0]), jnp.asarray(dev[1])
         if X_dev.shape[0] % len(devices) == 0:
             dev = shard_data((X_dev, Y_dev), devices)
         else:
             dev = replicate((X_dev, Y_dev), devices, DATA)
-    return train.fit(config, X, Y, key=key, dev=dev, **fit_kwargs)
+    return train.fit(model, X, Y, key=key, dev=dev, **fit_kwargs)

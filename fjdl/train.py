@@ -1,4 +1,10 @@
-"""Training: one pure step, and a whole run compiled as one program.
+"""Training any model: one pure step, and a whole run compiled as one program.
+
+The loop works for any model of the protocol of :mod:`fjdl.model` (``init(key)``, ``apply(params,
+state, x, *, key, train)``): fjdl's :class:`~fjdl.model.MLP`, a network written as two functions
+(:func:`fjdl.model.from_functions`), a flax or an equinox module. What the output means is a
+:class:`fjdl.losses.Loss` (``loss="binary"``, ``"softmax"``, ``"mse"`` or a function); an MLP's
+default comes from its config.
 
 A run is ``lax.scan`` over epochs; inside each epoch, ``lax.scan`` over the full mini-batches and one
 more step on the remainder batch (its own static shape, so it needs neither padding nor a second
@@ -25,9 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fjdl import _checks, losses, model, optim
+from fjdl import _checks, losses, optim
+from fjdl import model as model_lib
 from fjdl._types import Params, PRNGKey, State
-from fjdl.model import MLP
+from fjdl.model import MLP, Model
 
 OptimizerFactory = Callable[[Any], Any]
 """``learning_rate (float, array or schedule) -> GradientTransformation``, e.g. ``fjdl.optim.adam``."""
@@ -50,7 +57,7 @@ class Hyperparams(NamedTuple):
     learning_rate: jax.Array
     lambd: jax.Array
     l1: jax.Array
-    keep_probs: jax.Array  # (n_hidden,); ones where the config has no dropout
+    keep_probs: jax.Array  # an MLP's (n_hidden,), ones where it has no dropout; (0,) for others
 
 
 class History(NamedTuple):
@@ -90,12 +97,29 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 
 
 def make_hyperparams(
-    config: MLP, learning_rate, lambd=0.0, l1=0.0, keep_probs=None, dtype=jnp.float32
+    config: Model, learning_rate, lambd=0.0, l1=0.0, keep_probs=None, dtype=jnp.float32
 ):
-    """A :class:`Hyperparams` with validated values; ``keep_probs`` defaults to the config's."""
+    """A :class:`Hyperparams` with validated values; ``keep_probs`` defaults to the config's.
+
+    ``keep_probs`` is an MLP's (a model of another kind draws its own dropout masks, with the rates
+    it was built with): for any other model it must be ``None``.
+    """
     _checks.check_nonnegative("learning_rate", learning_rate)
     _checks.check_nonnegative("lambd", lambd)
     _checks.check_nonnegative("l1", l1)
+    if not isinstance(config, MLP):
+        if keep_probs is not None:
+            raise ValueError(
+                "keep_probs applies to an fjdl.MLP only; a model of another kind applies its own "
+                f"dropout (build it with the rate you want), got keep_probs={keep_probs!r} for "
+                f"{type(config).__name__}"
+            )
+        return Hyperparams(
+            jnp.asarray(learning_rate, dtype),
+            jnp.asarray(lambd, dtype),
+            jnp.asarray(l1, dtype),
+            jnp.zeros((0,), dtype),
+        )
     n_hidden = config.n_layers - 1
     if keep_probs is None:
         keep_probs = config.keep_probs if config.keep_probs is not None else (1.0,) * n_hidden
@@ -145,23 +169,40 @@ def _epoch_schedule(schedule, learning_rate):
 
 def init_state(
     key: PRNGKey,
-    config: MLP,
+    config: Model,
     optimizer="adam",
     learning_rate=0.01,
     *,
-    scheme="he",
+    scheme=None,
     params: Params | None = None,
     dtype=jnp.float32,
 ) -> TrainState:
-    """A fresh :class:`TrainState`: parameters from ``scheme`` (or the given ``params``), zero counts.
+    """A fresh :class:`TrainState`: the model's initial parameters (or the given ``params``), zero
+    counts.
 
-    ``key`` is split in two: one half initializes the parameters, the other becomes the run's key.
+    ``key`` is split in two: one half initializes the parameters (``config.init``), the other
+    becomes the run's key. For an :class:`~fjdl.model.MLP`, ``scheme`` chooses the initializer
+    (default ``"he"``) and ``dtype`` the dtype of its arrays; any other model initializes itself,
+    in its own dtypes, and takes no ``scheme``.
     """
     init_key, run_key = jax.random.split(key)
-    fresh_params, model_state = model.init(init_key, config, scheme, dtype)
+    if isinstance(config, MLP):
+        fresh_params, model_state = model_lib.init(init_key, config, scheme or "he", dtype)
+    else:
+        if scheme is not None:
+            raise ValueError(
+                f"scheme applies to an fjdl.MLP only; {type(config).__name__} initializes its "
+                f"parameters in its own init(key), got scheme={scheme!r}"
+            )
+        fresh_params, model_state = config.init(init_key)
+        model_state = {} if model_state is None else model_state
     if params is not None:
-        model.check_params(config, params)
-        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+        if isinstance(config, MLP):
+            model_lib.check_params(config, params)
+            params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+        else:
+            _check_like("params", params, fresh_params)
+            params = jax.tree.map(lambda a, f: jnp.asarray(a, f.dtype), params, fresh_params)
     else:
         params = fresh_params
     opt = _resolve_optimizer(optimizer)(jnp.asarray(learning_rate, dtype))
@@ -169,33 +210,74 @@ def init_state(
     return TrainState(params, model_state, opt.init(params), zero, zero, run_key)
 
 
-def _objective(config, params, model_state, hp, x, y, key):
-    logits, new_state = model.apply(
-        config, params, model_state, x, key=key, train=True, keep_probs=hp.keep_probs
-    )
-    j = losses.cost(logits, y, params, output=config.output, lambd=hp.lambd, l1=hp.l1)
+def _check_like(name: str, tree, like) -> None:
+    """Raise a ``ValueError`` naming the first leaf of ``tree`` whose place or shape differs."""
+    got, want = jax.tree.structure(tree), jax.tree.structure(like)
+    if got != want:
+        raise ValueError(f"{name} must have the model's structure {want}, got {got}")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(like)):
+        _checks.check_shape(f"{name}{jax.tree_util.keystr(path)}", a, tuple(np.shape(b)))
+
+
+def _forward(config: Model, params, model_state, hp: Hyperparams, x, *, key=None, train=False):
+    """The model's ``apply``; an MLP's keep_probs come from ``hp`` (arrays: no recompilation)."""
+    if isinstance(config, MLP):
+        keep = hp.keep_probs if train and config.keep_probs is not None else None
+        return model_lib.apply(
+            config, params, model_state, x, key=key, train=train, keep_probs=keep
+        )
+    return config.apply(params, model_state, x, key=key, train=train)
+
+
+def default_loss(config: Model, loss=None) -> losses.Loss:
+    """The :class:`fjdl.losses.Loss` of a run: ``loss`` if given, else the model's own ``loss``
+    attribute (an MLP's comes from its ``output``)."""
+    if loss is None:
+        loss = getattr(config, "loss", None)
+        if loss is None:
+            raise TypeError(
+                f"loss is needed for a {type(config).__name__}: pass loss='binary', 'softmax', "
+                "'mse' or a function (out, y) -> scalar"
+            )
+    return losses.get(loss)
+
+
+def _objective(config, loss, is_weight, params, model_state, hp, x, y, key):
+    out, new_state = _forward(config, params, model_state, hp, x, key=key, train=True)
+    j = losses.cost(out, y, params, output=loss, lambd=hp.lambd, l1=hp.l1, is_weight=is_weight)
     return j, new_state
 
 
 def train_step(
-    config: MLP, opt, state: TrainState, hp: Hyperparams, x, y
+    config: Model,
+    opt,
+    state: TrainState,
+    hp: Hyperparams,
+    x,
+    y,
+    *,
+    loss=None,
+    is_weight=losses.is_weight,
 ) -> tuple[TrainState, jax.Array]:
     """One optimizer step on one mini-batch: forward, cost, backprop, update.
 
     Args:
-      config: the :class:`fjdl.model.MLP`.
+      config: the model (any model of the protocol, e.g. a :class:`fjdl.model.MLP`).
       opt: a ``GradientTransformation`` (fjdl's or optax's).
       state: the :class:`TrainState`.
       hp: :class:`Hyperparams` (``lambd``, ``l1`` and ``keep_probs`` are read here; the learning rate
         is the optimizer's).
-      x, y: the mini-batch, ``(b, n_x)`` and its labels.
+      x, y: the mini-batch, ``(b, ...)`` and its labels.
+      loss: the loss (see :func:`fjdl.losses.get`); default: the model's.
+      is_weight: which parameters L2 and L1 act on (see :func:`fjdl.losses.is_weight`).
 
     Returns:
       ``(new_state, cost)``, the cost of this batch before the update.
     """
+    loss = default_loss(config, loss)
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
-    (j, new_model_state), grads = jax.value_and_grad(_objective, argnums=1, has_aux=True)(
-        config, state.params, state.model_state, hp, x, y, dropout_key
+    (j, new_model_state), grads = jax.value_and_grad(_objective, argnums=3, has_aux=True)(
+        config, loss, is_weight, state.params, state.model_state, hp, x, y, dropout_key
     )
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optim.apply_updates(state.params, updates)
@@ -204,19 +286,22 @@ def train_step(
     ), j
 
 
-def _metrics(config, params, model_state, hp, X, Y):
-    """Eval-mode cost (with the penalties) and accuracy over a whole set."""
-    logits, _ = model.apply(config, params, model_state, X)
-    j = losses.cost(logits, Y, params, output=config.output, lambd=hp.lambd, l1=hp.l1)
-    return j, _accuracy(config, logits, Y)
+def _metrics(config, loss, is_weight, params, model_state, hp, X, Y):
+    """Eval-mode cost (with the penalties) and metric (accuracy) over a whole set."""
+    out, _ = _forward(config, params, model_state, hp, X)
+    j = losses.cost(out, Y, params, output=loss, lambd=hp.lambd, l1=hp.l1, is_weight=is_weight)
+    return j, _metric(loss, out, Y)
 
 
-def _accuracy(config, logits, Y):
-    if config.output == "sigmoid":
-        return jnp.mean(((logits > 0).astype(jnp.int32) == Y.astype(jnp.int32)).astype(jnp.float32))
-    if config.output == "softmax":
-        return jnp.mean((jnp.argmax(logits, -1) == Y).astype(jnp.float32))
-    return jnp.asarray(jnp.nan, jnp.float32)
+def _metric(loss: losses.Loss, out, Y):
+    if loss.metric is None:
+        return jnp.asarray(jnp.nan, jnp.float32)
+    return jnp.asarray(loss.metric(out, Y), jnp.float32)
+
+
+def _accuracy(config: MLP, logits, Y):
+    """An MLP's accuracy: the metric of its default loss."""
+    return _metric(default_loss(config), logits, Y)
 
 
 def _select(pred, new, old):
@@ -264,6 +349,8 @@ class _Loop(NamedTuple):
     jax.jit,
     static_argnames=(
         "config",
+        "loss",
+        "is_weight",
         "optimizer",
         "schedule",
         "batch_size",
@@ -282,7 +369,9 @@ def run_epochs(
     Y_dev,
     min_delta,
     *,
-    config: MLP,
+    config: Model,
+    loss: losses.Loss | None = None,
+    is_weight=losses.is_weight,
     optimizer,
     schedule,
     batch_size: int,
@@ -293,7 +382,8 @@ def run_epochs(
 ):
     """The compiled run: up to ``epochs`` epochs of mini-batch training from ``state``.
 
-    Static: the config, the optimizer factory, the schedule factory, the batch size, the number of
+    Static: the model (``config``), the loss (default: the model's), the weight predicate, the
+    optimizer factory, the schedule factory, the batch size, the number of
     epochs, the patience, the progress interval and the evaluation interval. Everything else is an
     array: calling again with new hyperparameters, data of the same shape or a later state reuses
     the compiled program.
@@ -311,6 +401,7 @@ def run_epochs(
     state) and the per-epoch :class:`History` (NaN for epochs not run).
     """
     m = X.shape[0]
+    loss = default_loss(config, loss)
     n_full, remainder = divmod(m, batch_size)
     lr_of_epoch = _epoch_schedule(schedule, hp.learning_rate)
     # The optimizer counts steps; the schedule counts epochs: the step count maps to its epoch.
@@ -318,8 +409,9 @@ def run_epochs(
     opt = optimizer(lambda count: lr_of_epoch(count // steps_per_epoch))
     has_dev = X_dev is not None
 
-    if n_full == 1 and not remainder and max(config.sizes) <= model.NARROW_WIDTH:
-        # model.apply runs narrow networks with examples along the last axis and transposes its
+    narrow_mlp = isinstance(config, MLP) and max(config.sizes) <= model_lib.NARROW_WIDTH
+    if n_full == 1 and not remainder and narrow_mlp:
+        # model_lib.apply runs narrow networks with examples along the last axis and transposes its
         # input. Transposed once here, outside the loop, the transpose in apply cancels against
         # this one and no step transposes the data again: 1.2x for the course's full-batch runs
         # (bench/, case B). The barrier keeps XLA from cancelling the two before the loop.
@@ -328,35 +420,37 @@ def run_epochs(
     else:
         X_full = lambda: X  # noqa: E731
 
+    def step(state: TrainState, x, y):
+        return train_step(config, opt, state, hp, x, y, loss=loss, is_weight=is_weight)
+
     def run_one_epoch(state: TrainState):
         epoch = state.epoch
         if n_full == 1 and not remainder:
             # Full batch: the data in order, no gather. (Shuffling would change only rounding.)
-            new_state, cost = train_step(config, opt, state, hp, X_full(), Y)
+            new_state, cost = step(state, X_full(), Y)
         else:
             shuffle_key = jax.random.fold_in(jax.random.fold_in(state.key, 0), epoch)
             perm = jax.random.permutation(shuffle_key, m)
             full = perm[: n_full * batch_size].reshape(n_full, batch_size)
 
             def batch_step(s, idx):
-                return train_step(config, opt, s, hp, X[idx], Y[idx])
+                return step(s, X[idx], Y[idx])
 
             new_state, costs = jax.lax.scan(batch_step, state, full)
             # The epoch's cost: the mean over its examples (each batch weighted by its size).
             cost = jnp.sum(costs) * batch_size
             if remainder:
                 idx = perm[n_full * batch_size :]
-                new_state, j = train_step(config, opt, new_state, hp, X[idx], Y[idx])
+                new_state, j = step(new_state, X[idx], Y[idx])
                 cost = cost + j * remainder
             cost = cost / m
         return new_state._replace(epoch=epoch + 1), cost
 
     def metrics(new_state, cost):
-        _, train_acc = _metrics(config, new_state.params, new_state.model_state, hp, X, Y)
+        ms = (config, loss, is_weight, new_state.params, new_state.model_state, hp)
+        _, train_acc = _metrics(*ms, X, Y)
         if has_dev:
-            dev_cost, dev_acc = _metrics(
-                config, new_state.params, new_state.model_state, hp, X_dev, Y_dev
-            )
+            dev_cost, dev_acc = _metrics(*ms, X_dev, Y_dev)
         else:
             dev_cost = dev_acc = jnp.asarray(jnp.nan, cost.dtype)
         return jnp.stack([train_acc.astype(cost.dtype), dev_cost, dev_acc.astype(cost.dtype)])
@@ -503,45 +597,101 @@ def _report_progress(epoch, cost, dev_cost, every):
     )
 
 
-def _check_data(config: MLP, name: str, X, Y):
+def _as_inputs(name: str, X) -> jax.Array:
+    """``X`` as a float array of shape ``(m, ...)``: integers and bools become the default float."""
     X = jnp.asarray(X)
-    Y = jnp.asarray(Y)
-    if X.ndim != 2 or X.shape[1] != config.sizes[0]:
-        raise ValueError(f"{name} X must have shape (m, {config.sizes[0]}), got {X.shape}")
+    if jnp.issubdtype(X.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} X must be real, got dtype {X.dtype}")
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = X.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
+    if X.ndim == 0:
+        raise ValueError(f"{name} X must have shape (m, ...) (examples first), got a scalar")
     if X.shape[0] == 0:
         raise ValueError(f"{name} set is empty: X has 0 examples")
-    if Y.shape[:1] != X.shape[:1]:
-        raise ValueError(
-            f"{name} Y must have {X.shape[0]} labels (one per example), got shape {Y.shape}"
+    return X
+
+
+def _output_shape(config: Model, name: str, X, params, model_state) -> tuple:
+    """The shape of the model's output on ``X``, found without compiling (``jax.eval_shape``)."""
+    if isinstance(config, MLP):
+        if X.ndim != 2 or X.shape[1] != config.sizes[0]:
+            raise ValueError(f"{name} X must have shape (m, {config.sizes[0]}), got {X.shape}")
+        n_out = config.sizes[-1]
+        single = config.output != "softmax" and n_out == 1
+        return (X.shape[0],) if single else (X.shape[0], n_out)
+    try:
+        out, _ = jax.eval_shape(
+            lambda p, s, x: config.apply(p, s, x, train=False), params, model_state, X
         )
-    if config.output == "sigmoid":
-        _checks.check_shape(f"{name} Y", Y, (X.shape[0],))
+    except Exception as e:  # the model's own error, whatever it is, told in one line
+        raise ValueError(
+            f"{name} X of shape {X.shape} and dtype {X.dtype} does not fit the "
+            f"{type(config).__name__}: its apply raised {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    return tuple(out.shape)
+
+
+def _check_labels(loss: losses.Loss, name: str, X, Y, out_shape):
+    """``Y`` checked against the loss (``loss.labels``) and converted for it."""
+    m = X.shape[0]
+    Y = jnp.asarray(Y)
+    if Y.shape[:1] != (m,):
+        raise ValueError(f"{name} Y must have {m} labels (one per example), got shape {Y.shape}")
+    if loss.labels == "binary":
+        if Y.ndim == 2 and Y.shape[1] == 1:
+            Y = Y[:, 0]
+        _checks.check_shape(f"{name} Y", Y, (m,))
         y = np.asarray(Y)
         if not np.all((y == 0) | (y == 1)):
-            raise ValueError(f"{name} Y must hold binary labels in {{0, 1}}, got other values")
-        Y = Y.astype(X.dtype)
-    elif config.output == "softmax":
-        _checks.check_shape(f"{name} Y", Y, (X.shape[0],))
+            found = np.unique(y[(y != 0) & (y != 1)])[:5]
+            raise ValueError(
+                f"{name} Y must hold binary labels in {{0, 1}}, got other values such as "
+                f"{found.tolist()}"
+            )
+        return Y.astype(X.dtype)
+    if loss.labels == "classes":
+        n_classes = out_shape[-1] if len(out_shape) >= 2 else None
+        if Y.ndim == 2 and n_classes is not None and Y.shape[1] == n_classes:
+            y = np.asarray(Y)
+            if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+                raise ValueError(
+                    f"{name} Y of shape {Y.shape} must be one-hot: one 1 per row, 0 elsewhere"
+                )
+            Y = jnp.argmax(Y, axis=1)
+        _checks.check_shape(f"{name} Y", Y, (m,))
         y = np.asarray(Y)
-        n_classes = config.sizes[-1]
         if not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y)):
             raise ValueError(f"{name} Y must hold integer class labels")
-        if y.min() < 0 or y.max() >= n_classes:
+        if n_classes is not None and (y.min() < 0 or y.max() >= n_classes):
             raise ValueError(
                 f"{name} Y must hold class labels in [0, {n_classes}), got {y.min()} to {y.max()}"
             )
-        Y = Y.astype(jnp.int32)
-    else:
-        Y = Y.astype(X.dtype)
-    return X, Y
+        return Y.astype(jnp.int32)
+    if loss is losses.LOSSES["mse"] or not jnp.issubdtype(Y.dtype, jnp.floating):
+        return Y.astype(X.dtype)
+    return Y
+
+
+def _check_data(config: Model, name: str, X, Y, *, loss=None, params=None, model_state=None):
+    """``(X, Y)`` checked against the model and the loss, before anything compiles.
+
+    For a model other than an MLP the output's shape comes from ``jax.eval_shape`` of its
+    ``apply`` on ``(params, model_state)``, which are then needed.
+    """
+    loss = default_loss(config, loss)
+    X = _as_inputs(name, X)
+    out_shape = _output_shape(config, name, X, params, model_state)
+    return X, _check_labels(loss, name, X, Y, out_shape)
 
 
 def fit(
-    config: MLP,
+    model: Model,
     X,
     Y,
     *,
     key: PRNGKey,
+    loss=None,
     optimizer="adam",
     learning_rate=0.001,
     epochs: int = 100,
@@ -553,19 +703,28 @@ def fit(
     dev=None,
     patience: int | None = None,
     min_delta: float = 0.0,
-    scheme="he",
+    scheme=None,
     params: Params | None = None,
     state: TrainState | None = None,
     progress: bool | None = None,
     on_divergence: str = "raise",
     eval_every: int = 1,
+    is_weight=losses.is_weight,
 ) -> FitResult:
-    """Train ``config`` on ``(X, Y)``: one compiled run of ``epochs`` epochs of mini-batch training.
+    """Train ``model`` on ``(X, Y)``: one compiled run of ``epochs`` epochs of mini-batch training.
 
     Args:
-      config: the :class:`fjdl.model.MLP`.
-      X, Y: training data, ``(m, n_x)`` and ``(m,)`` labels (0/1 for sigmoid, classes for softmax).
+      model: any model of the protocol (:mod:`fjdl.model`): an :class:`fjdl.model.MLP`, or one
+        from :func:`~fjdl.model.from_functions`, :func:`~fjdl.model.from_flax`,
+        :func:`~fjdl.model.from_equinox`. Static: a new model compiles a new program.
+      X, Y: training data, ``X`` of shape ``(m, ...)`` (``(m, n_x)`` for an MLP, ``(m, H, W, C)``
+        for images; integer inputs become floats) and labels as the loss expects: 0/1 for
+        ``"binary"``, class indices ``(m,)`` or one-hot ``(m, C)`` for ``"softmax"``.
       key: the PRNG key of the run: initialization, shuffling and dropout all derive from it.
+      loss: what the output means (see :func:`fjdl.losses.get`): ``"binary"``, ``"softmax"``,
+        ``"mse"``, a function ``(out, y) -> scalar`` or a :class:`fjdl.losses.Loss` (with a
+        metric, recorded as the accuracy). Default: the model's ``loss`` attribute; an MLP's comes
+        from its ``output``. Other models need it.
       optimizer: ``"gd"``, ``"momentum"``, ``"rmsprop"``, ``"adam"``, a factory
         ``learning_rate -> GradientTransformation`` (e.g. ``partial(fjdl.optim.momentum, beta=0.95)``),
         or a ready ``GradientTransformation`` such as ``optax.adam(1e-3)`` (which keeps its own rate).
@@ -573,14 +732,17 @@ def fit(
       epochs: number of passes over the data (> 0).
       batch_size: mini-batch size; ``None`` for full-batch gradient descent. The last batch holds the
         remainder.
-      lambd: L2 strength; l1: L1 strength (both in the cost, see :func:`fjdl.losses.cost`).
-      keep_probs: dropout keep probability per hidden layer (overrides the config's values).
+      lambd: L2 strength; l1: L1 strength (both in the cost, see :func:`fjdl.losses.cost`), on the
+        leaves that ``is_weight`` selects.
+      keep_probs: an MLP's dropout keep probability per hidden layer (overrides the config's
+        values; an MLP built without dropout gets it). Other models apply their own dropout.
       schedule: per-epoch decay, a function ``lr0 -> (epoch -> lr)``, e.g.
         ``lambda lr0: fjdl.schedules.inverse_time_decay(lr0, 1.0, time_interval=1000)``.
       dev: optional ``(X_dev, Y_dev)``: its cost and accuracy are recorded every epoch.
       patience: early stopping: stop after this many epochs without the dev cost improving by more
         than ``min_delta``, and restore the parameters of the best epoch. Needs ``dev``.
-      scheme: weight initialization scheme (see :mod:`fjdl.initializers`).
+      scheme: an MLP's weight initialization scheme (see :mod:`fjdl.initializers`; default
+        ``"he"``). Other models initialize themselves.
       params: start from these parameters (e.g. to reproduce a published run) instead of ``scheme``.
       state: continue from this :class:`TrainState` (its optimizer state, step, epoch and key).
       progress: show a progress bar (tqdm); default: only when stderr is a terminal.
@@ -592,6 +754,9 @@ def fit(
         epochs faster: the epochs between evaluations run as one compiled chunk (2.5x for the
         course's full-batch 10,000-epoch runs, see ``bench/``). A value beyond ``epochs`` never
         evaluates.
+      is_weight: which parameters L2 and L1 act on, ``(key path, leaf) -> bool``; default
+        :func:`fjdl.losses.is_weight` (leaves with ``ndim >= 2``: kernels, not biases or batch
+        norm's scale and shift). Static.
 
     Returns:
       A :class:`FitResult` with the final (or best, with early stopping) state and the history.
@@ -600,19 +765,29 @@ def fit(
       TrainingDiverged: the cost or the parameters became NaN or Inf; the error names the epoch and
         holds ``state`` (the last finite one) and ``history``.
     """
-    if not isinstance(config, MLP):
-        raise TypeError(f"config must be an fjdl.model.MLP, got {type(config).__name__}")
-    X, Y = _check_data(config, "training", X, Y)
+    config = model
+    model_lib.check_model(config)
+    if isinstance(config, MLP) and keep_probs is not None and config.keep_probs is None:
+        config = dataclasses.replace(
+            config, keep_probs=1.0
+        )  # dropout in, its rates from keep_probs
+    loss = default_loss(config, loss)
+    if not callable(is_weight):
+        raise TypeError(f"is_weight must be a function (key path, leaf) -> bool, got {is_weight!r}")
+    if dev is not None and (not isinstance(dev, tuple | list) or len(dev) != 2):
+        raise ValueError(
+            f"dev must be a pair (X_dev, Y_dev), got {type(dev).__name__} of length "
+            f"{len(dev) if isinstance(dev, tuple | list) else '?'}"
+        )
+    if schedule is not None and not callable(schedule):
+        raise TypeError(f"schedule must be a function lr0 -> (epoch -> lr), got {schedule!r}")
+    X = _as_inputs("training", X)
     m = X.shape[0]
     _checks.check_positive_int("epochs", epochs)
     if batch_size is None:
         batch_size = m
     _checks.check_positive_int("batch_size", batch_size)
     batch_size = min(batch_size, m)
-    if dev is not None:
-        X_dev, Y_dev = _check_data(config, "dev", *dev)
-    else:
-        X_dev = Y_dev = None
     if patience is not None:
         _checks.check_positive_int("patience", patience)
         if dev is None:
@@ -631,6 +806,9 @@ def fit(
         state = init_state(
             key, config, factory, learning_rate, scheme=scheme, params=params, dtype=X.dtype
         )
+    where = dict(loss=loss, params=state.params, model_state=state.model_state)
+    X, Y = _check_data(config, "training", X, Y, **where)
+    X_dev, Y_dev = _check_data(config, "dev", *dev, **where) if dev is not None else (None, None)
     if progress is None:
         progress = sys.stderr.isatty()
     every = max(1, epochs // 100) if progress else None
@@ -645,6 +823,8 @@ def fit(
             Y_dev,
             jnp.asarray(min_delta, X.dtype),
             config=config,
+            loss=loss,
+            is_weight=is_weight,
             optimizer=factory,
             schedule=schedule,
             batch_size=batch_size,
@@ -694,17 +874,40 @@ def _finish(loop: _Loop, history: History, patience, on_divergence) -> FitResult
     return FitResult(state, history, best_epoch, stopped if stopped >= 0 else None)
 
 
-def evaluate(config: MLP, params: Params, model_state: State, X, Y, *, lambd=0.0, l1=0.0) -> dict:
-    """Eval-mode cost (with the given penalties) and accuracy on ``(X, Y)``, as Python floats."""
-    X, Y = _check_data(config, "evaluation", X, Y)
-    hp = make_hyperparams(config, 0.0, lambd, l1, dtype=X.dtype)
-    j, acc = jax.jit(_metrics, static_argnums=0)(config, params, model_state, hp, X, Y)
+def evaluate(
+    model: Model,
+    params: Params,
+    model_state: State,
+    X,
+    Y,
+    *,
+    loss=None,
+    lambd=0.0,
+    l1=0.0,
+    is_weight=losses.is_weight,
+) -> dict:
+    """Eval-mode cost (with the given penalties) and accuracy on ``(X, Y)``, as Python floats.
+
+    ``loss`` as for :func:`fit` (default: the model's); the accuracy is the loss's metric (NaN
+    when it has none, as for ``"mse"``).
+    """
+    model_lib.check_model(model)
+    loss = default_loss(model, loss)
+    X, Y = _check_data(model, "evaluation", X, Y, loss=loss, params=params, model_state=model_state)
+    hp = make_hyperparams(model, 0.0, lambd, l1, dtype=X.dtype)
+    j, acc = jax.jit(_metrics, static_argnums=(0, 1, 2))(
+        model, loss, is_weight, params, model_state, hp, X, Y
+    )
     return {"cost": float(j), "accuracy": float(acc), "error": 1.0 - float(acc)}
 
 
-def predict(config: MLP, params: Params, model_state: State, X) -> jax.Array:
-    """Eval-mode predictions: 0/1 for sigmoid, the class for softmax, values for linear."""
-    return model.predict(config, params, model_state, X)
+def predict(model: Model, params: Params, model_state: State, X, *, loss=None) -> jax.Array:
+    """Eval-mode predictions, as the loss makes them: 0/1 for ``"binary"`` (``out > 0``), the
+    argmax class for ``"softmax"``, the output itself for ``"mse"``."""
+    model_lib.check_model(model)
+    loss = default_loss(model, loss)
+    out, _ = model.apply(params, model_state, _as_inputs("prediction", X))
+    return loss.predict(out)
 
 
 def n_steps_per_epoch(m: int, batch_size: int | None) -> int:

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fjdl import _checks, batchnorm, losses, nn, optim, parallel, schedules, train
+from fjdl import model as fjdl_model
 from fjdl._types import PRNGKey
 from fjdl.model import MLP
 
@@ -1154,6 +1155,7 @@ def _train_group(
         if isinstance(optimizer, str)
         else optimizer(jnp.zeros((), dtype))
     )
+
     def run(idx):
         """``_run_group`` on the models ``idx`` (an index array into this group's models)."""
         states = jax.vmap(
@@ -1592,16 +1594,17 @@ class Panda:
     learning_rate=a, 10 epochs)``.
 
     Args:
-      config: the :class:`fjdl.model.MLP`. To change keep_probs later, give the config
-        ``keep_probs`` (dropout is compiled in only then).
+      model: any model of the protocol (:mod:`fjdl.model`). To change an MLP's keep_probs later,
+        give its config ``keep_probs`` (dropout is compiled in only then).
       X, Y: the training set.
       key: the run's PRNG key (as for :func:`fjdl.train.fit`).
+      loss: what the output means (see :func:`fjdl.train.fit`); default: the model's.
       optimizer: a name or a factory ``learning_rate -> GradientTransformation``.
       learning_rate, lambd, l1, keep_probs: the starting hyperparameters.
       batch_size: mini-batch size (``None``: full batch).
       schedule: per-epoch decay (see :func:`fjdl.train.fit`), applied to the current rate.
       dev: optional ``(X_dev, Y_dev)``.
-      scheme: weight initialization.
+      scheme: an MLP's weight initialization (default ``"he"``).
       eval_every: evaluate every this many epochs.
 
     Example:
@@ -1618,11 +1621,12 @@ class Panda:
 
     def __init__(
         self,
-        config: MLP,
+        model,
         X,
         Y,
         *,
         key: PRNGKey,
+        loss=None,
         optimizer="adam",
         learning_rate=0.001,
         lambd=0.0,
@@ -1631,30 +1635,35 @@ class Panda:
         batch_size: int | None = None,
         schedule=None,
         dev=None,
-        scheme="he",
+        scheme=None,
         eval_every: int = 1,
     ):
-        if not isinstance(config, MLP):
-            raise TypeError(f"config must be an fjdl.model.MLP, got {type(config).__name__}")
+        fjdl_model.check_model(model)
+        config = model
         self.config = config
-        self.X, self.Y = train._check_data(config, "training", X, Y)
-        m = self.X.shape[0]
+        self.loss = train.default_loss(config, loss)
+        X = train._as_inputs("training", X)
+        m = X.shape[0]
         if batch_size is not None:
             _checks.check_positive_int("batch_size", batch_size)
         self.batch_size = m if batch_size is None else min(batch_size, m)
         _checks.check_positive_int("eval_every", eval_every)
         self.eval_every = eval_every
-        self.dev = train._check_data(config, "dev", *dev) if dev is not None else (None, None)
         self.optimizer = train._resolve_optimizer(optimizer)
         if isinstance(self.optimizer, train._Fixed):
             raise TypeError("Panda needs an optimizer fjdl builds (a name or a factory)")
         self.schedule = schedule
-        dtype = self.X.dtype
+        dtype = X.dtype
         self.hyperparams = train.make_hyperparams(
             config, learning_rate, lambd, l1, keep_probs, dtype
         )
         self.state = train.init_state(
             key, config, self.optimizer, learning_rate, scheme=scheme, dtype=dtype
+        )
+        where = dict(loss=self.loss, params=self.state.params, model_state=self.state.model_state)
+        self.X, self.Y = train._check_data(config, "training", X, Y, **where)
+        self.dev = (
+            train._check_data(config, "dev", *dev, **where) if dev is not None else (None, None)
         )
         self._histories: list[train.History] = []
         self.diverged_epoch: int | None = None
@@ -1679,7 +1688,7 @@ class Panda:
         """Change hyperparameters for the next :meth:`run` (``None`` keeps the current value)."""
         hp = self.hyperparams
         dtype = hp.learning_rate.dtype
-        if keep_probs is not None and self.config.keep_probs is None:
+        if keep_probs is not None and getattr(self.config, "keep_probs", None) is None:
             raise ValueError(
                 "keep_probs can change only when the config has dropout: build the MLP with "
                 "keep_probs=... (1.0 for none yet)"
@@ -1710,6 +1719,7 @@ class Panda:
             Y_dev,
             jnp.zeros((), self.X.dtype),
             config=self.config,
+            loss=self.loss,
             optimizer=self.optimizer,
             schedule=self.schedule,
             batch_size=self.batch_size,
@@ -1730,5 +1740,12 @@ class Panda:
         """Eval-mode cost and accuracy of the current parameters on ``(X, Y)``."""
         hp = self.hyperparams
         return train.evaluate(
-            self.config, self.state.params, self.state.model_state, X, Y, lambd=hp.lambd, l1=hp.l1
+            self.config,
+            self.state.params,
+            self.state.model_state,
+            X,
+            Y,
+            loss=self.loss,
+            lambd=hp.lambd,
+            l1=hp.l1,
         )
