@@ -35,6 +35,7 @@ Example:
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -454,3 +455,106 @@ def read_metadata(path: str | os.PathLike) -> dict:
     JSON rules apply: tuples come back as lists, dict keys as strings.
     """
     return _read(path, with_arrays=False)[0]["metadata"]
+
+
+# --------------------------------------------------------------------------------------------------
+# A trained model, for prediction
+
+_MODEL_KEY = "fjdl_model"
+"""The metadata field in which :func:`save_model` describes the model."""
+
+
+def _describe_model(model) -> dict:
+    from fjdl.model import MLP  # checkpoint sits below the models; imported when used
+
+    if isinstance(model, MLP):
+        config = dataclasses.asdict(model)
+        return {"kind": "MLP", "config": config}
+    return {"kind": type(model).__name__}
+
+
+def save_model(
+    path: str | os.PathLike, model, params: Any, model_state: Any, *, metadata: dict | None = None
+) -> None:
+    """Save a trained model's ``params`` and ``model_state`` (atomically, as :func:`save`).
+
+    For an :class:`fjdl.model.MLP` the config is recorded too, so :func:`load_model` rebuilds the
+    model with no template. For any other model the file holds the arrays, and
+    ``load_model(path, model)`` takes the model to build its template from.
+
+    Args:
+      path: the file to write.
+      model: the model the parameters belong to (any model of the protocol).
+      params, model_state: its parameters and state (e.g. ``fit(...).state.params`` and
+        ``.model_state``).
+      metadata: more JSON-serializable fields to store (a dataset name, a score, standardization
+        statistics as lists).
+
+    Example:
+      >>> import os, tempfile
+      >>> from fjdl.model import MLP, init
+      >>> config = MLP((2, 3, 1), batchnorm=True)
+      >>> params, state = init(jax.random.key(0), config)
+      >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+      >>> save_model(path, config, params, state)
+      >>> loaded, p, s = load_model(path)
+      >>> loaded == config, bool(jnp.all(p[0]["W"] == params[0]["W"]))
+      (True, True)
+    """
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+    if _MODEL_KEY in metadata:
+        raise ValueError(f"metadata must not hold the key {_MODEL_KEY!r}: save_model writes it")
+    metadata = {**metadata, _MODEL_KEY: _describe_model(model)}
+    save(path, {"params": params, "model_state": model_state}, metadata=metadata)
+
+
+def load_model(path: str | os.PathLike, model=None) -> tuple[Any, Any, Any]:
+    """Read a file written by :func:`save_model`: ``(model, params, model_state)``.
+
+    Args:
+      path: the file.
+      model: ``None`` for a saved :class:`fjdl.model.MLP`, rebuilt from its recorded config; for
+        any other model, the model itself (its ``init`` gives the template, through
+        ``jax.eval_shape``: nothing is computed).
+
+    Raises:
+      CheckpointError: the file is not a model saved by :func:`save_model`, or holds a model of
+        another kind than ``model``.
+      ValueError: the saved arrays do not fit the model (names and shapes of the leaves that
+        differ).
+    """
+    from fjdl import model as model_lib
+
+    path = os.fspath(path)
+    description = read_metadata(path).get(_MODEL_KEY)
+    if not isinstance(description, dict) or "kind" not in description:
+        raise _refuse(path, "it holds no model (write it with fjdl.checkpoint.save_model)")
+    key = jax.random.key(0)
+    if model is None:
+        if description["kind"] != "MLP":
+            raise _refuse(
+                path,
+                f"it holds a {description['kind']}, which is restored with its model: "
+                "load_model(path, model)",
+            )
+        config = description.get("config", {})
+        try:
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+            model = model_lib.MLP(**fields)
+        except (TypeError, ValueError) as e:
+            raise _refuse(path, f"its MLP config {config!r} is not valid: {e}") from None
+        flat, _ = load_flat(path)
+        dtype = next(iter(flat.values())).dtype if flat else jnp.float32
+        template = jax.eval_shape(lambda k: model_lib.init(k, model, dtype=dtype), key)
+    else:
+        model_lib.check_model(model)
+        if description["kind"] != type(model).__name__:
+            raise _refuse(path, f"it holds a {description['kind']}, not a {type(model).__name__}")
+        template = jax.eval_shape(model.init, key)
+    params, model_state = template
+    if model_state is None:
+        model_state = {}
+    tree = restore(path, like={"params": params, "model_state": model_state})
+    return model, tree["params"], tree["model_state"]

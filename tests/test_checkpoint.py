@@ -516,3 +516,85 @@ def test_read_metadata_reads_only_the_description(tmp_path):
     assert checkpoint.read_metadata(path) == {"epoch": 5, "lr": [0.1, 0.01]}  # JSON: a list
     with pytest.raises(CheckpointError, match="CRC"):
         checkpoint.restore(path, {"a": pattern})
+
+
+# ---------------------------------------------------------------------------------------------
+# save_model / load_model: a trained model back for prediction
+
+
+def _dense_init(key):
+    return {"W": jax.random.normal(key, (3, 2)), "b": jnp.zeros(2)}, {}
+
+
+def _dense_apply(params, state, x, *, key=None, train=False):
+    return x @ params["W"] + params["b"], state
+
+
+def test_mlp_model_restores_without_a_template(tmp_path):
+    from fjdl import train
+    from fjdl.model import MLP
+
+    X = jax.random.normal(jax.random.key(0), (40, 2))
+    Y = (X[:, 0] > 0).astype(jnp.int32)
+    config = MLP((2, 5, 1), batchnorm=True, keep_probs=0.9)
+    result = train.fit(config, X, Y, key=jax.random.key(1), epochs=3, progress=False)
+    path = tmp_path / "mlp.npz"
+    checkpoint.save_model(
+        path, config, result.state.params, result.state.model_state, metadata={"dataset": "toy"}
+    )
+    model, params, state = checkpoint.load_model(path)
+    assert model == config
+    chex.assert_trees_all_equal(params, result.state.params)
+    chex.assert_trees_all_equal(state, result.state.model_state)
+    np.testing.assert_array_equal(
+        train.predict(model, params, state, X),
+        train.predict(config, result.state.params, result.state.model_state, X),
+    )
+    assert checkpoint.read_metadata(path)["dataset"] == "toy"
+
+
+def test_mlp_model_in_float64_restores(tmp_path):
+    from fjdl.model import MLP, init
+
+    config = MLP((2, 3, 1))
+    with jax.enable_x64(True):
+        params, state = init(jax.random.key(0), config, dtype=jnp.float64)
+        path = tmp_path / "m64.npz"
+        checkpoint.save_model(path, config, params, state)
+        _, restored, _ = checkpoint.load_model(path)
+        assert restored[0]["W"].dtype == jnp.float64
+        chex.assert_trees_all_equal(restored, params)
+
+
+def test_other_model_restores_with_itself_as_template(tmp_path):
+    from fjdl.model import from_functions
+
+    net = from_functions(_dense_init, _dense_apply, name="dense")
+    params, state = net.init(jax.random.key(3))
+    path = tmp_path / "net.npz"
+    checkpoint.save_model(path, net, params, state)
+    with pytest.raises(CheckpointError, match="load_model\\(path, model\\)"):
+        checkpoint.load_model(path)
+    model, restored, restored_state = checkpoint.load_model(path, net)
+    assert model is net
+    chex.assert_trees_all_equal(restored, params)
+    assert restored_state == {}
+
+
+def test_load_model_refusals(tmp_path):
+    from fjdl.model import MLP, from_functions, init
+
+    plain = tmp_path / "plain.npz"
+    checkpoint.save(plain, {"W": jnp.ones((2, 2))})
+    with pytest.raises(CheckpointError, match="holds no model"):
+        checkpoint.load_model(plain)
+    config = MLP((2, 3, 1))
+    path = tmp_path / "mlp.npz"
+    checkpoint.save_model(path, config, *init(jax.random.key(0), config))
+    net = from_functions(_dense_init, _dense_apply)
+    with pytest.raises(CheckpointError, match="holds a MLP, not a FunctionModel"):
+        checkpoint.load_model(path, net)
+    with pytest.raises(ValueError, match="must not hold the key"):
+        checkpoint.save_model(
+            path, config, *init(jax.random.key(0), config), metadata={"fjdl_model": 1}
+        )
