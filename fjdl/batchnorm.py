@@ -6,6 +6,11 @@
   z_{norm} = \\frac{z - \\mu}{\\sqrt{\\sigma^2 + \\varepsilon}}, \\quad
   \\tilde z = \\gamma z_{norm} + \\beta
 
+Channels last: ``z`` has shape ``(m, ..., C)`` and the sums run over **every axis but the last**. For a
+dense layer, ``(m, n_units)``, that is the ``m`` examples; for a convolution's output,
+``(m, H, W, C)``, it is the ``m * H * W`` positions of every example, so each channel has one
+``mu``, ``sigma^2``, ``gamma`` and ``beta``, all of shape ``(C,)`` (Ioffe & Szegedy, section 3.2).
+
 At test time there is no batch to average over, so an exponentially weighted average of the training
 batches' ``mu`` and ``sigma^2`` stands in (the running statistics). They are non-trainable state and
 live in their own pytree, ``{"mean", "var"}`` per layer, beside the parameters, never inside them.
@@ -14,6 +19,8 @@ References:
   Ioffe & Szegedy, 2015, *Batch Normalization: Accelerating Deep Network Training by Reducing
   Internal Covariate Shift*.
 """
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -26,36 +33,78 @@ def _stats_dtype(dtype):
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
-def _check_affine(z, gamma, beta):
+def _batch_axes(z) -> tuple[int, ...]:
+    """Every axis but the last (channels): ``(0,)`` for ``(m, n_units)``, ``(0, 1, 2)`` for images."""
+    return tuple(range(z.ndim - 1))
+
+
+def _check_z(z):
     z = jnp.asarray(z)
-    if z.ndim != 2:
-        raise ValueError(f"z must have shape (m, n_units), got {z.shape}")
-    n = z.shape[-1]
-    _checks.check_shape("gamma", gamma, (n,))
-    _checks.check_shape("beta", beta, (n,))
+    if z.ndim < 2:
+        raise ValueError(
+            "z must have at least 2 dimensions, (m, n_units) or (m, ..., C) with channels last, "
+            f"got shape {z.shape}"
+        )
     return z
 
 
+def _check_affine(z, gamma, beta):
+    z = _check_z(z)
+    C = z.shape[-1]
+    _checks.check_shape("gamma", gamma, (C,))
+    _checks.check_shape("beta", beta, (C,))
+    return z
+
+
+def _check_running(running, C):
+    if not isinstance(running, Mapping) or not {"mean", "var"} <= set(running):
+        raise TypeError(
+            "running must be a dict with keys 'mean' and 'var' (see init_running), "
+            f"got {type(running).__name__}"
+        )
+    _checks.check_shape("running['mean']", running["mean"], (C,))
+    _checks.check_shape("running['var']", running["var"], (C,))
+
+
 def init_running(n_units: int, dtype=jnp.float32) -> dict:
-    """Running statistics before any batch: mean 0, variance 1 (so eval mode starts as identity)."""
+    """Running statistics before any batch: mean 0, variance 1 (so eval mode starts as identity).
+
+    Args:
+      n_units: the number of units or channels ``C`` (``z.shape[-1]``).
+      dtype: the statistics' dtype.
+
+    Returns:
+      ``{"mean": zeros (C,), "var": ones (C,)}``.
+    """
     _checks.check_positive_int("n_units", n_units)
     return {"mean": jnp.zeros((n_units,), dtype), "var": jnp.ones((n_units,), dtype)}
 
 
 def batch_stats(z: jax.typing.ArrayLike, axis_name=None) -> tuple[jax.Array, jax.Array]:
-    """Mean and biased variance of ``z`` over the batch axis (axis 0).
+    """Mean and biased variance of ``z`` over every axis but the last.
 
     Args:
-      z: pre-activations of shape ``(m, n_units)``.
+      z: pre-activations of shape ``(m, n_units)``, or ``(m, ..., C)`` with channels last.
       axis_name: a mapped axis name (from ``vmap``/``shard_map``/``pmap``). When given, the statistics
         are over the batch of every device on that axis (the global batch), assuming equal shards.
+
+    Returns:
+      ``(mean, var)``, each of shape ``(C,)``, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> z = jnp.arange(8.0).reshape(2, 2, 2)  # (m, W, C): channel 0 holds 0, 2, 4, 6
+      >>> mean, var = batch_stats(z)
+      >>> mean.tolist(), var.tolist()
+      ([3.0, 4.0], [5.0, 5.0])
     """
-    z = jnp.asarray(z)
+    z = _check_z(z)
+    axes = _batch_axes(z)
     zf = z.astype(_stats_dtype(z.dtype))
-    mean = jnp.mean(zf, axis=0)
+    mean = jnp.mean(zf, axis=axes)
     if axis_name is not None:
         mean = jax.lax.pmean(mean, axis_name)
-    var = jnp.mean(jnp.square(zf - mean), axis=0)
+    var = jnp.mean(jnp.square(zf - mean), axis=axes)
     if axis_name is not None:
         var = jax.lax.pmean(var, axis_name)
     return mean, var
@@ -71,14 +120,16 @@ def normalize_train(z, gamma, beta, eps: float = 1e-5, *, axis_name=None):
     """Batch norm in training mode: normalize with this batch's own statistics.
 
     Args:
-      z: pre-activations, shape ``(m, n_units)``.
-      gamma: scale, shape ``(n_units,)``. ``beta``: shift, shape ``(n_units,)``.
-      eps: ``epsilon`` added to the variance (> 0).
+      z: pre-activations, shape ``(m, n_units)``, or ``(m, ..., C)`` with channels last (a
+        convolution's ``(m, H, W, C)``); the statistics are over every axis but the last.
+      gamma: scale ``gamma``, shape ``(C,)`` with ``C = z.shape[-1]``.
+      beta: shift ``beta``, shape ``(C,)``.
+      eps: ``epsilon`` added to the variance (>= 0).
       axis_name: optional mapped axis for statistics over a batch spread across devices.
 
     Returns:
       ``(z_tilde, (mean, var))``: the normalized, scaled and shifted ``z`` (same shape and dtype),
-      and the batch statistics (biased variance) for :func:`update_running`.
+      and the batch statistics, each ``(C,)`` (biased variance), for :func:`update_running`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -89,8 +140,8 @@ def normalize_train(z, gamma, beta, eps: float = 1e-5, *, axis_name=None):
     """
     z = _check_affine(z, gamma, beta)
     _checks.check_nonnegative("eps", eps)
-    if z.shape[0] == 0:
-        raise ValueError("normalize_train needs a non-empty batch: z has 0 rows")
+    if z.size == 0:
+        raise ValueError(f"normalize_train needs a non-empty batch: z has shape {z.shape}")
     mean, var = batch_stats(z, axis_name)
     return _normalize(z, gamma, beta, mean, var, eps), (mean, var)
 
@@ -108,10 +159,10 @@ def update_running(running: dict, batch_stats: tuple, momentum=0.9) -> dict:
       PyTorch's ``BatchNorm1d(momentum=0.1)`` weights the *new* batch by its momentum: it equals
       ``momentum=0.9`` here (see :func:`from_torch_momentum`). PyTorch also stores the unbiased
       variance ``m / (m - 1) * sigma^2`` in its running average; Keras and flax store the biased one,
-      as we do.
+      as we do. flax's and Keras' ``momentum`` means what ours does, with defaults 0.99.
 
     Args:
-      running: ``{"mean": (n,), "var": (n,)}``.
+      running: ``{"mean": (C,), "var": (C,)}``.
       batch_stats: ``(mean, var)`` from :func:`normalize_train`.
       momentum: weight of the old average, in [0, 1).
 
@@ -131,9 +182,28 @@ def update_running(running: dict, batch_stats: tuple, momentum=0.9) -> dict:
 def normalize_eval(z, gamma, beta, running: dict, eps: float = 1e-5):
     """Batch norm in evaluation mode: normalize with the running statistics.
 
-    Returns ``z_tilde = gamma * (z - running_mean) / sqrt(running_var + eps) + beta``.
+    .. math::
+      \\tilde z = \\gamma \\frac{z - \\mu_{run}}{\\sqrt{\\sigma^2_{run} + \\varepsilon}} + \\beta
+
+    Args:
+      z: pre-activations, shape ``(m, n_units)`` or ``(m, ..., C)`` with channels last.
+      gamma: scale, shape ``(C,)``. ``beta``: shift, shape ``(C,)``.
+      running: ``{"mean": (C,), "var": (C,)}`` (:math:`\\mu_{run}`, :math:`\\sigma^2_{run}`), from
+        :func:`init_running` and :func:`update_running`.
+      eps: ``epsilon`` added to the variance (>= 0).
+
+    Returns:
+      ``z_tilde``, of ``z``'s shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> running = {"mean": jnp.array([1.0]), "var": jnp.array([4.0])}
+      >>> z = jnp.full((2, 3, 3, 1), 5.0)  # (m, H, W, C)
+      >>> normalize_eval(z, jnp.ones(1), jnp.zeros(1), running, eps=0.0)[0, 0, 0].tolist()
+      [2.0]
     """
     z = _check_affine(z, gamma, beta)
+    _check_running(running, z.shape[-1])
     _checks.check_nonnegative("eps", eps)
     return _normalize(z, gamma, beta, running["mean"], running["var"], eps)
 

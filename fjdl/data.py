@@ -2,8 +2,12 @@
 
 Conventions (batch first, as everywhere in fjdl):
 
-- ``X`` has shape ``(m, n_features)``, one example per row.
-- ``Y`` has ``m`` rows, ``Y.shape[0] == m``. The datasets here give **int32** labels for every task:
+- ``X`` has shape ``(m, ...)``, one example per row along axis 0: ``(m, n_features)`` for dense data,
+  ``(m, H, W, C)`` for images (channels last), ``(m, T, n_features)`` for sequences. Every function
+  here except :func:`augment` (made for images) treats an example as a block and never looks inside.
+- ``Y`` has ``m`` rows, ``Y.shape[0] == m``: class indices ``(m,)``, one-hot ``(m, C)``, or anything
+  else with a leading ``m`` axis; its rows move with ``X``'s. The datasets here give **int32** labels
+  for every task:
   ``{0, 1}`` for binary problems (a sigmoid output; :func:`fjdl.losses.binary_cross_entropy` casts
   them to the logits' dtype) and ``[0, C)`` for ``C`` classes (a softmax output).
 - Every random choice takes an explicit ``jax.random`` key: the same key gives the same result, bit
@@ -40,18 +44,26 @@ def _check_key(name: str, key) -> None:
         raise TypeError(f"{name} needs a PRNG key: pass key=jax.random.key(seed)")
 
 
-def _check_xy(X, Y, x_name: str = "X", y_name: str = "Y"):
-    """Arrays ``X`` of shape ``(m, n)`` with ``m > 0`` and ``Y`` with ``m`` rows."""
-    X = jnp.asarray(X)
-    Y = jnp.asarray(Y)
-    if X.ndim != 2:
-        raise ValueError(f"{x_name} must have shape (m, n_features), got {X.shape}")
+def _check_x(X, name: str = "X"):
+    """An array of shape ``(m, ...)``: at least 2 dimensions and ``m > 0``."""
+    if X.ndim < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (m, ...): (m, n_features), (m, H, W, C), ...; "
+            f"got shape {X.shape}"
+        )
     if X.shape[0] == 0:
-        raise ValueError(f"{x_name} is empty: it has 0 examples (shape {X.shape})")
+        raise ValueError(f"{name} is empty: it has 0 examples (shape {X.shape})")
+    return X
+
+
+def _check_xy(X, Y, x_name: str = "X", y_name: str = "Y"):
+    """Arrays ``X`` of shape ``(m, ...)`` with ``m > 0`` and ``Y`` with ``m`` rows."""
+    X = _check_x(jnp.asarray(X), x_name)
+    Y = jnp.asarray(Y)
     if Y.ndim == 0 or Y.shape[0] != X.shape[0]:
         raise ValueError(
-            f"{y_name} must have one row per example of {x_name} ({X.shape[0]}), "
-            f"got shape {Y.shape}"
+            f"{y_name} must have one row per example of {x_name}: m = {X.shape[0]} rows, "
+            f"(m,) class indices or (m, C) one-hot; got shape {Y.shape}"
         )
     return X, Y
 
@@ -89,20 +101,24 @@ def minibatches(
 
     Args:
       key: a PRNG key; the same key gives the same batches.
-      X: inputs, shape ``(m, n_features)``.
-      Y: labels, ``m`` rows (shape ``(m,)`` or ``(m, ...)``).
+      X: inputs, shape ``(m, ...)`` (``(m, n_features)``, ``(m, H, W, C)``, ...).
+      Y: labels, ``m`` rows (``(m,)`` class indices, ``(m, C)`` one-hot, or ``(m, ...)``).
       batch_size: examples per batch, a positive int. ``batch_size >= m`` gives one batch holding
         all (shuffled) examples: batch gradient descent; ``batch_size = 1`` gives stochastic
         gradient descent.
 
     Returns:
-      A list of ``ceil(m / batch_size)`` pairs ``(X_batch, Y_batch)``.
+      A list of ``ceil(m / batch_size)`` pairs ``(X_batch, Y_batch)``, shaped like ``X`` and ``Y``
+      with ``batch_size`` (or the remainder) rows.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> X, Y = jnp.zeros((148, 2)), jnp.zeros((148,), jnp.int32)
       >>> [xb.shape[0] for xb, yb in minibatches(jax.random.key(0), X, Y, 64)]
       [64, 64, 20]
+      >>> images, one_hot = jnp.zeros((10, 8, 8, 3)), jnp.eye(4)[jnp.arange(10) % 4]
+      >>> [(xb.shape, yb.shape) for xb, yb in minibatches(jax.random.key(0), images, one_hot, 6)]
+      [((6, 8, 8, 3), (6, 4)), ((4, 8, 8, 3), (4, 4))]
 
     .. warning::
       The course shuffles with ``np.random.permutation`` after ``np.random.seed(seed)``; the same
@@ -165,7 +181,7 @@ class Batches(NamedTuple):
     """One epoch of mini-batches in a fixed shape (see :func:`fixed_minibatches`)."""
 
     X: jax.Array
-    """Inputs, ``(n_batches, batch_size, n_features)``."""
+    """Inputs, ``(n_batches, batch_size, ...)``: ``X``'s shape with ``m`` replaced by the two axes."""
     Y: jax.Array
     """Labels, ``(n_batches, batch_size, ...)``."""
     mask: jax.Array
@@ -191,12 +207,13 @@ def fixed_minibatches(
 
     Args:
       key: a PRNG key; the same key gives the same batches.
-      X: inputs, shape ``(m, n_features)``.
-      Y: labels, ``m`` rows.
+      X: inputs, shape ``(m, ...)`` (``(m, n_features)``, ``(m, H, W, C)``, ...).
+      Y: labels, ``m`` rows (``(m,)`` class indices, ``(m, C)`` one-hot, or ``(m, ...)``).
       batch_size: examples per batch, a positive int.
 
     Returns:
-      A :class:`Batches` ``(X, Y, mask)`` with leading axes ``(n_batches, batch_size)``.
+      A :class:`Batches` ``(X, Y, mask)`` with leading axes ``(n_batches, batch_size)``: ``X`` of
+      shape ``(n_batches, batch_size, *X.shape[1:])``, ``Y`` likewise.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -278,12 +295,13 @@ def split(
 
     Args:
       key: a PRNG key for the shuffle.
-      X: inputs, ``(m, n_features)``.
-      Y: labels, ``m`` rows.
+      X: inputs, ``(m, ...)`` (``(m, n_features)``, ``(m, H, W, C)``, ...).
+      Y: labels, ``m`` rows (``(m,)`` class indices, ``(m, C)`` one-hot, or ``(m, ...)``).
       fractions: two or three positive numbers summing to 1 (within 1e-6): train, dev[, test].
 
     Returns:
-      ``((X_train, Y_train), (X_dev, Y_dev), (X_test, Y_test))``, or two pairs for two fractions.
+      ``((X_train, Y_train), (X_dev, Y_dev), (X_test, Y_test))``, or two pairs for two fractions;
+      each part keeps ``X``'s and ``Y``'s trailing shapes, and its ``X`` and ``Y`` rows stay paired.
 
     Raises:
       ValueError: on bad fractions, or when a set would be empty (too few examples).
@@ -335,9 +353,9 @@ class Standardizer(NamedTuple):
     """Per-feature statistics fitted on the training set (see :func:`fit_standardizer`)."""
 
     mean: jax.Array
-    """``mu``, shape ``(n_features,)``."""
+    """``mu``, shape ``X_train.shape[1:]``: ``(n_features,)``, ``(H, W, C)`` for images."""
     std: jax.Array
-    """``sigma``, shape ``(n_features,)``; 1 for constant features."""
+    """``sigma``, same shape as ``mean``; 1 for constant features."""
 
 
 def fit_standardizer(X_train: jax.typing.ArrayLike) -> Standardizer:
@@ -347,6 +365,12 @@ def fit_standardizer(X_train: jax.typing.ArrayLike) -> Standardizer:
       \\mu = \\frac{1}{m} \\sum_{i=1}^{m} x^{(i)}, \\qquad
       \\sigma^2 = \\frac{1}{m} \\sum_{i=1}^{m} (x^{(i)} - \\mu)^2
 
+    The sums run over the examples (axis 0) only, so every entry of an example is a feature of its
+    own: for images ``(m, H, W, C)`` each pixel and channel position gets its own ``mu`` and
+    ``sigma``, of shape ``(H, W, C)``. For one mean and deviation per channel instead (the usual
+    image normalization), fit on ``X_train.reshape(-1, C)``: :func:`standardize` applies statistics
+    of shape ``(C,)`` to every position of ``(m, H, W, C)``.
+
     Fit on the training set only, then apply the same ``mu`` and ``sigma`` to dev and test with
     :func:`standardize`: the network learns on inputs transformed one way and must be evaluated on
     inputs transformed the same way. (Fitting on dev or test would also leak their statistics.)
@@ -355,16 +379,19 @@ def fit_standardizer(X_train: jax.typing.ArrayLike) -> Standardizer:
     ``sigma = 1`` and ``mu`` equal to its value, so it standardizes to exactly 0 instead of ``NaN``.
 
     Args:
-      X_train: training inputs, ``(m, n_features)``; integer inputs are converted to float32.
+      X_train: training inputs, ``(m, ...)`` (``(m, n_features)``, ``(m, H, W, C)``, ...); integer
+        inputs are converted to float32.
 
     Returns:
-      A :class:`Standardizer` ``(mean, std)``, each of shape ``(n_features,)``.
+      A :class:`Standardizer` ``(mean, std)``, each of shape ``X_train.shape[1:]``.
 
     Example:
       >>> import jax.numpy as jnp
       >>> stats = fit_standardizer(jnp.array([[1.0, 5.0], [3.0, 5.0]]))
       >>> stats.mean.tolist(), stats.std.tolist()
       ([2.0, 5.0], [1.0, 1.0])
+      >>> fit_standardizer(jnp.zeros((10, 8, 8, 3))).mean.shape  # one per pixel and channel
+      (8, 8, 3)
 
     .. warning::
       The standard deviation is the biased one (divide by ``m``), as in scikit-learn's
@@ -373,11 +400,7 @@ def fit_standardizer(X_train: jax.typing.ArrayLike) -> Standardizer:
       The lecture's slide writes ``x /= sigma**2``; dividing by ``sigma``, as here, is what gives
       unit variance.
     """
-    X = _as_float(X_train)
-    if X.ndim != 2:
-        raise ValueError(f"X_train must have shape (m, n_features), got {X.shape}")
-    if X.shape[0] == 0:
-        raise ValueError(f"X_train is empty: it has 0 examples (shape {X.shape})")
+    X = _check_x(_as_float(X_train), "X_train")
     mean = jnp.mean(X, axis=0)
     std = jnp.sqrt(jnp.mean(jnp.square(X - mean), axis=0))
     constant = jnp.max(X, axis=0) == jnp.min(X, axis=0)
@@ -394,9 +417,13 @@ def standardize(X: jax.typing.ArrayLike, stats: Standardizer) -> jax.Array:
 
     The training set comes out with mean 0 and variance 1 per feature; dev and test, transformed
     with the same ``stats``, come out close to that but not exactly (their own statistics differ).
+    ``stats`` broadcasts against ``X``'s trailing axes: statistics of shape ``X.shape[1:]`` act per
+    feature (per pixel and channel for images), statistics of shape ``(C,)`` (fitted on
+    ``X_train.reshape(-1, C)``) per channel of ``(m, ..., C)``.
 
     Args:
-      X: inputs, ``(m, n_features)``, with the features ``stats`` was fitted on.
+      X: inputs, ``(m, *stats.mean.shape)``, with the features ``stats`` was fitted on, or
+        ``(m, ..., *stats.mean.shape)``.
       stats: a :class:`Standardizer` from :func:`fit_standardizer` on the training set.
 
     Returns:
@@ -407,16 +434,22 @@ def standardize(X: jax.typing.ArrayLike, stats: Standardizer) -> jax.Array:
       >>> stats = fit_standardizer(jnp.array([[1.0], [3.0]]))
       >>> standardize(jnp.array([[1.0], [3.0], [5.0]]), stats).ravel().tolist()
       [-1.0, 1.0, 3.0]
+      >>> images = jnp.arange(2 * 2 * 2 * 3, dtype=jnp.float32).reshape(2, 2, 2, 3)
+      >>> per_channel = fit_standardizer(images.reshape(-1, 3))
+      >>> standardize(images, per_channel).shape
+      (2, 2, 2, 3)
     """
     if not isinstance(stats, Standardizer):
         raise TypeError(
             f"stats must be a Standardizer from fit_standardizer, got {type(stats).__name__}"
         )
     X = _as_float(X)
-    n = stats.mean.shape[0]
-    if X.ndim != 2 or X.shape[1] != n:
+    fitted = tuple(stats.mean.shape)
+    if X.ndim < len(fitted) + 1 or X.shape[X.ndim - len(fitted) :] != fitted:
+        dims = ", ".join(map(str, fitted))
         raise ValueError(
-            f"X must have shape (m, {n}) (the features stats was fitted on), got {X.shape}"
+            f"X must have shape (m, {dims}) (the features stats was fitted on), or "
+            f"(m, ..., {dims}), got {X.shape}"
         )
     return (X - stats.mean.astype(X.dtype)) / stats.std.astype(X.dtype)
 
@@ -716,13 +749,50 @@ def load_dataset(
 # Augmentation
 
 
+def _image_view(images, image_shape) -> tuple[int, int, int, int]:
+    """``(m, H, W, C)`` that ``images`` is viewed as (``C = 1`` without a channel axis); checks."""
+    if image_shape is not None:
+        if (
+            not isinstance(image_shape, tuple | list)
+            or len(image_shape) not in (2, 3)
+            or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in image_shape)
+            or any(s <= 0 for s in image_shape)
+        ):
+            raise ValueError(f"image_shape must be (H, W) or (H, W, C), got {image_shape!r}")
+        image_shape = tuple(int(s) for s in image_shape)
+    if images.ndim == 2:
+        if image_shape is None:
+            raise ValueError(
+                f"images of shape {images.shape} are flat: pass image_shape=(H, W) with "
+                f"H * W == {images.shape[1]}, or (H, W, C) with H * W * C == {images.shape[1]}"
+            )
+        if math.prod(image_shape) != images.shape[1]:
+            raise ValueError(
+                f"image_shape must be (H, W) with H * W == {images.shape[1]}, or (H, W, C) with "
+                f"H * W * C == {images.shape[1]}, got {image_shape!r}"
+            )
+        shape = (images.shape[0], *image_shape)
+    elif images.ndim in (3, 4):
+        if image_shape is not None and image_shape != images.shape[1:]:
+            raise ValueError(
+                f"image_shape {image_shape!r} does not match images of shape {images.shape}"
+            )
+        shape = images.shape
+    else:
+        raise ValueError(
+            "images must have shape (m, H, W), (m, H, W, C) (channels last) or (m, H * W) with "
+            f"image_shape, got {images.shape}"
+        )
+    return (*shape, 1) if len(shape) == 3 else shape
+
+
 def augment(
     key: PRNGKey,
     images: jax.typing.ArrayLike,
     *,
     flip: bool = True,
     max_shift: int = 1,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
 ) -> jax.Array:
     """Random horizontal flips and small shifts of a batch of images, one draw per image.
 
@@ -731,17 +801,21 @@ def augment(
     from ``[-max_shift, max_shift]``; pixels shifted in from outside are 0:
 
     .. math::
-      x'_{i, j} = x_{i - dy, \\, j - dx} \\text{ (0 outside the image)}
+      x'_{i, j, c} = x_{i - dy, \\, j - dx, \\, c} \\text{ (0 outside the image)}
 
-    Labels are not touched: output ``k`` comes from input ``k``, so ``Y`` stays aligned. Jit-able
-    with ``flip``, ``max_shift`` and ``image_shape`` static.
+    Images are ``(H, W)`` or ``(H, W, C)`` with channels last; all channels of an image share its
+    flip and shift (the draws do not depend on ``C``: a grayscale batch and the same batch with a
+    channel axis come out alike). Labels are not touched: output ``k`` comes from input ``k``, so
+    ``Y`` stays aligned. Jit-able with ``flip``, ``max_shift`` and ``image_shape`` static.
 
     Args:
       key: a PRNG key; the same key gives the same images, bit for bit.
-      images: ``(m, H, W)``, or ``(m, H * W)`` with ``image_shape=(H, W)`` (rows of a data matrix).
-      flip: mirror each image left-right with probability 1/2.
+      images: ``(m, H, W)``, ``(m, H, W, C)``, or rows of a data matrix ``(m, H * W)`` or
+        ``(m, H * W * C)`` with ``image_shape``.
+      flip: mirror each image left-right (along ``W``) with probability 1/2.
       max_shift: largest shift in pixels along each axis, an int >= 0 and smaller than H and W.
-      image_shape: ``(H, W)`` when ``images`` is 2-D.
+      image_shape: ``(H, W)`` or ``(H, W, C)`` when ``images`` is 2-D (rows in row-major order,
+        channels last).
 
     Returns:
       An array of ``images``' shape and dtype.
@@ -751,6 +825,8 @@ def augment(
       >>> X = jnp.arange(2 * 64, dtype=jnp.float32).reshape(2, 64)
       >>> augment(jax.random.key(0), X, image_shape=(8, 8)).shape
       (2, 64)
+      >>> augment(jax.random.key(0), jnp.ones((5, 32, 32, 3)), max_shift=4).shape
+      (5, 32, 32, 3)
 
     .. warning::
       A transformation is only an augmentation if it keeps the label. Mirroring turns some digits
@@ -766,46 +842,25 @@ def augment(
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
     original_shape = images.shape
-    if images.ndim == 2:
-        if image_shape is None:
-            raise ValueError(
-                f"images of shape {images.shape} are flat: pass image_shape=(H, W) with "
-                f"H * W == {images.shape[1]}"
-            )
-        if (
-            len(image_shape) != 2
-            or any(not isinstance(s, numbers.Integral) or s <= 0 for s in image_shape)
-            or image_shape[0] * image_shape[1] != images.shape[1]
-        ):
-            raise ValueError(
-                f"image_shape must be (H, W) with H * W == {images.shape[1]}, got {image_shape!r}"
-            )
-        images = images.reshape(images.shape[0], *image_shape)
-    elif images.ndim == 3:
-        if image_shape is not None and tuple(image_shape) != images.shape[1:]:
-            raise ValueError(
-                f"image_shape {image_shape!r} does not match images of shape {images.shape}"
-            )
-    else:
-        raise ValueError(f"images must have shape (m, H, W) or (m, H * W), got {images.shape}")
-    m, H, W = images.shape
+    m, H, W, C = _image_view(images, image_shape)
     if m == 0:
         raise ValueError(f"images is empty: it has 0 examples (shape {original_shape})")
     if max_shift >= min(H, W):
         raise ValueError(f"max_shift must be smaller than the image ({H}x{W}), got {max_shift}")
+    images = images.reshape(m, H, W, C)
 
     flip_key, shift_key = jax.random.split(key)
     if flip:
         mirrored = jax.random.bernoulli(flip_key, 0.5, (m,))
-        images = jnp.where(mirrored[:, None, None], images[:, :, ::-1], images)
+        images = jnp.where(mirrored[:, None, None, None], images[:, :, ::-1], images)
     if max_shift > 0:
         s = max_shift
         shifts = jax.random.randint(shift_key, (m, 2), -s, s + 1)
-        padded = jnp.pad(images, ((0, 0), (s, s), (s, s)))
+        padded = jnp.pad(images, ((0, 0), (s, s), (s, s), (0, 0)))
 
         def shift_one(image, d):
-            # out[i, j] = image[i - dy, j - dx] = padded[i + s - dy, j + s - dx]
-            return jax.lax.dynamic_slice(image, (s - d[0], s - d[1]), (H, W))
+            # out[i, j, c] = image[i - dy, j - dx, c] = padded[i + s - dy, j + s - dx, c]
+            return jax.lax.dynamic_slice(image, (s - d[0], s - d[1], 0), (H, W, C))
 
         images = jax.vmap(shift_one)(padded, shifts)
     return images.reshape(original_shape)

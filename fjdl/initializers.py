@@ -2,26 +2,42 @@
 
 A dense layer computes ``z = x @ W + b`` with ``W`` of shape ``(n_in, n_out)``. If each weight has
 variance ``s**2``, each unit of ``z`` has variance ``n_in * s**2 * Var(x)``; choosing ``s**2`` about
-``1 / n_in`` keeps that variance from growing or shrinking layer after layer. The schemes here differ
-only in the constant:
+``1 / n_in`` keeps that variance from growing or shrinking layer after layer.
+
+Any kernel works the same way. A kernel has its input and output features last,
+``(*receptive_field, n_in, n_out)`` (a 3x3 convolution from 8 to 16 channels: ``(3, 3, 8, 16)``), and
+each output sums over its receptive field times ``n_in`` inputs, so
+
+.. math::
+  \\text{fan\\_in} = \\prod \\text{receptive\\_field} \\cdot n_{in}, \\qquad
+  \\text{fan\\_out} = \\prod \\text{receptive\\_field} \\cdot n_{out}
+
+(jax's ``variance_scaling`` with ``in_axis=-2, out_axis=-1``). A dense ``W`` has an empty receptive
+field: ``fan_in = n_in``, ``fan_out = n_out``. The schemes differ only in the constant:
 
 =========================  ==================================  ==============================
 scheme                     standard deviation                  made for
 =========================  ==================================  ==============================
 ``zeros``                  0 (every unit identical: no use)    biases
 ``random_normal(scale)``   ``scale`` (0.01 by default)         the course's first attempt
-``he``                     ``sqrt(2 / n_in)``                  ReLU (He et al., 2015)
-``xavier``                 ``sqrt(1 / n_in)``                  tanh (the course's "Xavier")
-``glorot``                 ``sqrt(2 / (n_in + n_out))``        tanh, sigmoid (Glorot & Bengio, 2010)
+``he``                     ``sqrt(2 / fan_in)``                ReLU (He et al., 2015)
+``xavier``                 ``sqrt(1 / fan_in)``                tanh (the course's "Xavier")
+``glorot``                 ``sqrt(2 / (fan_in + fan_out))``    tanh, sigmoid (Glorot & Bengio, 2010)
 =========================  ==================================  ==============================
 
-Every initializer takes an explicit key and a shape ``(n_in, n_out)``; biases always start at zero.
+Every initializer takes an explicit key and a shape with at least two dimensions, ``(n_in, n_out)``
+or ``(*receptive_field, n_in, n_out)``; biases always start at zero (:func:`zeros` takes any shape).
+
+.. warning::
+  PyTorch stores a convolution kernel as ``(n_out, n_in, *receptive_field)``; its fans are the same
+  numbers, read from other axes. Transpose such a kernel before comparing it with one made here.
 
 References:
   Glorot & Bengio, 2010, *Understanding the difficulty of training deep feedforward neural
   networks*. He et al., 2015, *Delving Deep into Rectifiers*.
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -30,15 +46,55 @@ import jax.numpy as jnp
 from fjdl import _checks
 from fjdl._types import Params, PRNGKey
 
-Initializer = Callable[[PRNGKey, tuple[int, int]], jax.Array]
+Initializer = Callable[[PRNGKey, tuple[int, ...]], jax.Array]
+"""``(key, shape) -> W``: every scheme below (extra arguments such as ``scale`` have defaults)."""
 
 
-def _fan(shape) -> tuple[int, int]:
-    if not isinstance(shape, tuple | list) or len(shape) != 2:
-        raise ValueError(f"shape must be (n_in, n_out), got {shape!r}")
-    for name, n in zip(("n_in", "n_out"), shape):
-        _checks.check_positive_int(f"shape's {name}", n)
-    return int(shape[0]), int(shape[1])
+def _dims(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints (any number of dimensions)."""
+    if not isinstance(shape, tuple | list):
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
+    last = {len(shape) - 2: "n_in", len(shape) - 1: "n_out"}
+    for i, n in enumerate(shape):
+        _checks.check_positive_int(f"shape's {last.get(i, f'receptive_field[{i}]')}", n)
+    return tuple(int(n) for n in shape)
+
+
+def _kernel_dims(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of at least two positive ints ``(*receptive_field, n_in, n_out)``."""
+    if not isinstance(shape, tuple | list) or len(shape) < 2:
+        raise ValueError(
+            "shape must have at least 2 dimensions, (n_in, n_out) for a dense layer or "
+            f"(*receptive_field, n_in, n_out) for a kernel, got {shape!r}"
+        )
+    return _dims(shape)
+
+
+def fans(shape: Sequence[int]) -> tuple[int, int]:
+    """Fan-in and fan-out of a kernel of shape ``(*receptive_field, n_in, n_out)``.
+
+    .. math::
+      \\text{fan\\_in} = \\prod \\text{receptive\\_field} \\cdot n_{in}, \\qquad
+      \\text{fan\\_out} = \\prod \\text{receptive\\_field} \\cdot n_{out}
+
+    The numbers ``jax.nn.initializers.variance_scaling`` uses (``in_axis=-2, out_axis=-1``), as ints.
+
+    Args:
+      shape: at least two positive ints; the last two are ``n_in`` and ``n_out``.
+
+    Returns:
+      ``(fan_in, fan_out)``.
+
+    Raises:
+      ValueError: when ``shape`` has fewer than 2 dimensions or a size that is not positive.
+
+    Example:
+      >>> fans((10, 5)), fans((3, 3, 8, 16))
+      ((10, 5), (72, 144))
+    """
+    dims = _kernel_dims(shape)
+    receptive_field = math.prod(dims[:-2])
+    return receptive_field * dims[-2], receptive_field * dims[-1]
 
 
 def zeros(key: PRNGKey | None, shape, dtype=jnp.float32) -> jax.Array:
@@ -46,14 +102,18 @@ def zeros(key: PRNGKey | None, shape, dtype=jnp.float32) -> jax.Array:
 
     Args:
       key: unused (accepted so that every initializer has the same signature); may be ``None``.
-      shape: ``(n_in, n_out)``.
+      shape: any shape: ``(n_out,)`` for a bias, ``(*receptive_field, n_in, n_out)`` for a kernel.
       dtype: the array's dtype.
 
     Returns:
       A zero array of shape ``shape``.
+
+    Example:
+      >>> zeros(None, (3,)).tolist()
+      [0.0, 0.0, 0.0]
     """
     del key
-    return jnp.zeros(_fan(shape), dtype)
+    return jnp.zeros(_dims(shape), dtype)
 
 
 def random_normal(key: PRNGKey, shape, scale: float = 0.01, dtype=jnp.float32) -> jax.Array:
@@ -61,46 +121,102 @@ def random_normal(key: PRNGKey, shape, scale: float = 0.01, dtype=jnp.float32) -
 
     Args:
       key: a PRNG key.
-      shape: ``(n_in, n_out)``.
+      shape: ``(n_in, n_out)`` or ``(*receptive_field, n_in, n_out)``.
       scale: the standard deviation (the course's ``* 0.01``; ``* 10`` shows exploding values).
       dtype: the array's dtype.
+
+    Returns:
+      An array of shape ``shape``.
+
+    Example:
+      >>> import jax
+      >>> random_normal(jax.random.key(0), (3, 3, 1, 16)).shape
+      (3, 3, 1, 16)
     """
     _checks.check_nonnegative("scale", scale)
-    return scale * jax.random.normal(key, _fan(shape), dtype)
+    return scale * jax.random.normal(key, _kernel_dims(shape), dtype)
 
 
 def _scaled(key, shape, variance_numerator, dtype):
-    n_in, n_out = _fan(shape)
-    return jnp.sqrt(variance_numerator(n_in, n_out)).astype(dtype) * jax.random.normal(
-        key, (n_in, n_out), dtype
+    """``W = N(0, 1) * sqrt(variance_numerator(fan_in, fan_out))``: every scaled scheme."""
+    dims = _kernel_dims(shape)
+    fan_in, fan_out = fans(dims)
+    return jnp.sqrt(variance_numerator(fan_in, fan_out)).astype(dtype) * jax.random.normal(
+        key, dims, dtype
     )
 
 
 def he(key: PRNGKey, shape, dtype=jnp.float32) -> jax.Array:
-    """He initialization: ``W = N(0, 1) * sqrt(2 / n_in)``, made for ReLU layers.
+    """He initialization: ``W = N(0, 1) * sqrt(2 / fan_in)``, made for ReLU layers.
+
+    .. math::
+      W \\sim \\mathcal{N}\\left(0, \\frac{2}{\\text{fan\\_in}}\\right)
+
+    Args:
+      key: a PRNG key.
+      shape: ``(n_in, n_out)`` (``fan_in = n_in``) or ``(*receptive_field, n_in, n_out)``
+        (``fan_in = prod(receptive_field) * n_in``, see :func:`fans`).
+      dtype: the array's dtype.
+
+    Returns:
+      An array of shape ``shape``.
 
     Example:
       >>> import jax
       >>> W = he(jax.random.key(0), (2, 10))
       >>> W.shape
       (2, 10)
+      >>> he(jax.random.key(0), (3, 3, 8, 16)).shape  # a 3x3 convolution, std sqrt(2 / 72)
+      (3, 3, 8, 16)
+
+    .. warning::
+      This is the *normal* He initialization with an untruncated Gaussian, as the course writes it;
+      ``jax.nn.initializers.he_normal`` and Keras' ``HeNormal`` draw from a truncated normal
+      rescaled to the same standard deviation.
     """
-    return _scaled(key, shape, lambda n_in, n_out: 2.0 / n_in, dtype)
+    return _scaled(key, shape, lambda fan_in, fan_out: 2.0 / fan_in, dtype)
 
 
 def xavier(key: PRNGKey, shape, dtype=jnp.float32) -> jax.Array:
-    """The course's "Xavier" initialization: ``W = N(0, 1) * sqrt(1 / n_in)``, for tanh layers.
+    """The course's "Xavier" initialization: ``W = N(0, 1) * sqrt(1 / fan_in)``, for tanh layers.
+
+    Args:
+      key: a PRNG key.
+      shape: ``(n_in, n_out)`` or ``(*receptive_field, n_in, n_out)`` (see :func:`fans`).
+      dtype: the array's dtype.
+
+    Returns:
+      An array of shape ``shape``.
+
+    Example:
+      >>> import jax
+      >>> xavier(jax.random.key(0), (5, 5, 8, 4)).shape  # std sqrt(1 / 200)
+      (5, 5, 8, 4)
 
     .. warning::
-      Keras' ``GlorotNormal`` and PyTorch's ``xavier_normal_`` use ``sqrt(2 / (n_in + n_out))``:
+      Keras' ``GlorotNormal`` and PyTorch's ``xavier_normal_`` use ``sqrt(2 / (fan_in + fan_out))``:
       that is :func:`glorot` here.
     """
-    return _scaled(key, shape, lambda n_in, n_out: 1.0 / n_in, dtype)
+    return _scaled(key, shape, lambda fan_in, fan_out: 1.0 / fan_in, dtype)
 
 
 def glorot(key: PRNGKey, shape, dtype=jnp.float32) -> jax.Array:
-    """Glorot (Glorot & Bengio, 2010) normal: ``W = N(0, 1) * sqrt(2 / (n_in + n_out))``."""
-    return _scaled(key, shape, lambda n_in, n_out: 2.0 / (n_in + n_out), dtype)
+    """Glorot (Glorot & Bengio, 2010) normal: ``W = N(0, 1) * sqrt(2 / (fan_in + fan_out))``.
+
+    Args:
+      key: a PRNG key.
+      shape: ``(n_in, n_out)`` or ``(*receptive_field, n_in, n_out)`` (see :func:`fans`).
+      dtype: the array's dtype.
+
+    Returns:
+      An array of shape ``shape``.
+
+    Example:
+      >>> import jax
+      >>> glorot(jax.random.key(0), (3, 3, 1, 16)).shape  # std sqrt(2 / (9 + 144))
+      (3, 3, 1, 16)
+    """
+    return _scaled(key, shape, lambda fan_in, fan_out: 2.0 / (fan_in + fan_out), dtype)
 
 
 SCHEMES: dict[str, Initializer] = {

@@ -212,7 +212,7 @@ def test_property_sizes_add_up_and_each_index_once(m, batch_size, seed):
         (dict(batch_size=2.5), TypeError, "batch_size must be an int"),
         (dict(batch_size=True), TypeError, "batch_size must be an int"),
         (dict(X=np.zeros((0, 2)), Y=np.zeros(0)), ValueError, "X is empty"),
-        (dict(X=np.zeros(5)), ValueError, r"X must have shape \(m, n_features\)"),
+        (dict(X=np.zeros(5)), ValueError, r"X must have at least 2 dimensions \(m, \.\.\.\)"),
         (dict(Y=np.zeros(4)), ValueError, "Y must have one row per example of X"),
         (dict(Y=np.float32(1)), ValueError, "Y must have one row per example of X"),
         (dict(key=None), TypeError, "needs a PRNG key"),
@@ -344,7 +344,7 @@ def test_standardize_bad_inputs():
         data.standardize(np.ones((4, 3), np.float32), (0.0, 1.0))
     with pytest.raises(ValueError, match="X_train is empty"):
         data.fit_standardizer(np.ones((0, 3), np.float32))
-    with pytest.raises(ValueError, match=r"X_train must have shape \(m, n_features\)"):
+    with pytest.raises(ValueError, match=r"X_train must have at least 2 dimensions \(m, \.\.\.\)"):
         data.fit_standardizer(np.ones(3, np.float32))
 
 
@@ -590,7 +590,11 @@ def test_augment_on_digits_keeps_pixels_in_range():
         (np.zeros((4, 8, 8)), dict(max_shift=1.0), TypeError, "max_shift must be an int"),
         (np.zeros((4, 8, 8)), dict(flip=1), TypeError, "flip must be a bool"),
         (np.zeros((0, 8, 8)), {}, ValueError, "images is empty"),
-        (np.zeros((2, 2, 8, 8)), {}, ValueError, r"images must have shape \(m, H, W\)"),
+        (np.zeros((2, 2, 8, 8, 1)), {}, ValueError, r"images must have shape \(m, H, W\)"),
+        (np.zeros((4, 192)), dict(image_shape=(8, 8, 2)), ValueError, r"H \* W \* C == 192"),
+        (np.zeros((4, 64)), dict(image_shape=(8, 8, 1, 1)), ValueError, r"image_shape must be"),
+        (np.zeros((4, 8, 8, 3)), dict(image_shape=(8, 8)), ValueError, "does not match"),
+        (np.zeros((4, 8, 3, 3)), dict(max_shift=3), ValueError, r"smaller than the image \(8x3\)"),
     ],
 )
 def test_augment_bad_inputs(images, kwargs, error, match):
@@ -602,3 +606,176 @@ def test_public_names():
     for name in data.__all__:
         assert hasattr(data, name)
     assert set(data.DATASETS) == {"moons", "circles", "spirals", "blobs", "digits"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Any X of shape (m, ...): images (m, H, W, C) with one-hot labels (m, C)
+
+
+def _numbered_images(m, H=4, W=3, C=2):
+    """Images whose pixels encode (example, position), and one-hot labels naming the example."""
+    X = np.arange(m, dtype=np.float32)[:, None, None, None] * 1000.0 + np.arange(
+        H * W * C, dtype=np.float32
+    ).reshape(H, W, C)
+    return jnp.asarray(X), jnp.asarray(np.eye(m, dtype=np.float32))
+
+
+def _assert_paired(xb, yb, X):
+    """Each image of ``xb`` is, intact, the example that its one-hot row in ``yb`` names."""
+    ids = np.argmax(np.asarray(yb), axis=-1)
+    np.testing.assert_array_equal(np.asarray(xb), np.asarray(X)[ids])
+    return ids
+
+
+def test_minibatches_images_and_one_hot(getkey):
+    X, Y = _numbered_images(37)
+    key = getkey()
+    batches = data.minibatches(key, X, Y, 16)
+    assert [xb.shape for xb, _ in batches] == [(16, 4, 3, 2), (16, 4, 3, 2), (5, 4, 3, 2)]
+    assert [yb.shape for _, yb in batches] == [(16, 37), (16, 37), (5, 37)]
+    ids = np.concatenate([_assert_paired(xb, yb, X) for xb, yb in batches])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(37))
+    # The permutation does not depend on X's shape: the same key shuffles dense rows alike.
+    dense = data.minibatches(key, *_numbered(37), 16)
+    np.testing.assert_array_equal(ids, np.concatenate([np.asarray(yb) for _, yb in dense]))
+    chex.assert_trees_all_equal(batches, data.minibatches(key, X, Y, 16))
+
+
+def test_minibatches_sequences_with_index_labels():
+    X = jnp.arange(10 * 7 * 3, dtype=jnp.float32).reshape(10, 7, 3)  # (m, T, n_features)
+    Y = jnp.arange(10, dtype=jnp.int32)
+    batches = data.minibatches(jax.random.key(0), X, Y, 4)
+    assert [(xb.shape, yb.shape) for xb, yb in batches] == [
+        ((4, 7, 3), (4,)),
+        ((4, 7, 3), (4,)),
+        ((2, 7, 3), (2,)),
+    ]
+    for xb, yb in batches:
+        np.testing.assert_array_equal(np.asarray(xb), np.asarray(X)[np.asarray(yb)])
+
+
+class FixedMinibatchesImagesTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_images_one_hot_padded_and_paired(self):
+        X, Y = _numbered_images(37)
+        key = jax.random.key(8)
+        b = self.variant(data.fixed_minibatches, static_argnames="batch_size")(
+            key, X, Y, batch_size=16
+        )
+        assert b.X.shape == (3, 16, 4, 3, 2) and b.Y.shape == (3, 16, 37)
+        np.testing.assert_array_equal(np.asarray(b.mask.sum(axis=1)), [16, 16, 5])
+        # Real and padding slots alike hold whole images paired with their labels.
+        ids = _assert_paired(b.X.reshape(48, 4, 3, 2), b.Y.reshape(48, 37), X)
+        np.testing.assert_array_equal(np.sort(ids[np.asarray(b.mask).ravel()]), np.arange(37))
+        for i, (xb, yb) in enumerate(data.minibatches(key, X, Y, 16)):
+            mask = np.asarray(b.mask[i])
+            chex.assert_trees_all_equal((b.X[i][mask], b.Y[i][mask]), (xb, yb))
+
+
+def test_split_images_and_one_hot(getkey):
+    X, Y = _numbered_images(37)
+    key = getkey()
+    parts = data.split(key, X, Y)
+    assert [x.shape for x, _ in parts] == [(23, 4, 3, 2), (7, 4, 3, 2), (7, 4, 3, 2)]
+    assert [y.shape for _, y in parts] == [(23, 37), (7, 37), (7, 37)]
+    ids = np.concatenate([_assert_paired(x, y, X) for x, y in parts])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(37))
+    chex.assert_trees_all_equal(parts, data.split(key, X, Y))
+
+
+def test_standardizer_per_pixel_and_channel():
+    rng = np.random.default_rng(5)
+    H, W, C = 4, 3, 2
+    center = rng.normal(0.0, 5.0, (H, W, C))
+    spread = rng.uniform(0.5, 3.0, (H, W, C))
+    X_train = (center + spread * rng.normal(size=(200, H, W, C))).astype(np.float32)
+    X_train[:, 1, 2, 0] = 7.0  # a constant position: standardizes to 0, not NaN
+    stats = data.fit_standardizer(X_train)
+    chex.assert_shape((stats.mean, stats.std), (H, W, C))
+    expected_std = X_train.std(0)
+    expected_std[1, 2, 0] = 1.0
+    np.testing.assert_allclose(stats.mean, X_train.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats.std, expected_std, rtol=1e-5)
+    Z = np.asarray(data.standardize(X_train, stats))
+    assert Z.shape == X_train.shape and np.all(np.isfinite(Z))
+    np.testing.assert_array_equal(Z[:, 1, 2, 0], 0.0)
+    keep = np.ones((H, W, C), bool)
+    keep[1, 2, 0] = False  # every other position: mean 0 and std 1
+    np.testing.assert_allclose(Z.mean(0)[keep], 0.0, atol=1e-5)
+    np.testing.assert_allclose(Z.std(0)[keep], 1.0, rtol=1e-4)
+
+
+def test_standardizer_per_channel_by_reshape():
+    rng = np.random.default_rng(6)
+    X = (rng.normal(size=(30, 5, 5, 3)) * [1.0, 2.0, 4.0] + [0.0, 10.0, -3.0]).astype(np.float32)
+    stats = data.fit_standardizer(X.reshape(-1, 3))
+    chex.assert_shape((stats.mean, stats.std), (3,))
+    np.testing.assert_allclose(stats.mean, X.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+    Z = np.asarray(data.standardize(X, stats))
+    np.testing.assert_allclose(Z.mean((0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(Z.std((0, 1, 2)), 1.0, rtol=1e-4)
+
+
+def test_standardize_images_bad_shapes():
+    stats = data.fit_standardizer(np.ones((4, 4, 3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"X must have shape \(m, 4, 3, 2\)"):
+        data.standardize(np.ones((4, 4, 3, 3), np.float32), stats)
+    with pytest.raises(ValueError, match=r"X must have shape \(m, 4, 3, 2\)"):
+        data.standardize(np.ones((4, 3, 2), np.float32), stats)
+    with pytest.raises(ValueError, match="X_train is empty"):
+        data.fit_standardizer(np.ones((0, 4, 3, 2), np.float32))
+
+
+def _color_images(m=12, H=6, W=5, C=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.uniform(0.1, 1.0, size=(m, H, W, C)).astype(np.float32))
+
+
+class AugmentImagesTest(chex.TestCase):
+    def _fn(self):
+        return self.variant(data.augment, static_argnames=("flip", "max_shift", "image_shape"))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_channels_share_each_images_flip_and_shift(self):
+        images = _color_images()
+        key = jax.random.key(9)
+        out = self._fn()(key, images, max_shift=2)
+        assert out.shape == images.shape and out.dtype == images.dtype
+        # Every channel is moved exactly as the grayscale image of that channel would be.
+        for c in range(3):
+            chex.assert_trees_all_equal(
+                out[..., c], self._fn()(key, images[..., c], max_shift=2, image_shape=None)
+            )
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_flat_rows_with_channels(self):
+        images = _color_images()
+        key = jax.random.key(10)
+        flat = self._fn()(key, images.reshape(12, -1), max_shift=1, image_shape=(6, 5, 3))
+        assert flat.shape == (12, 90)
+        chex.assert_trees_all_equal(flat.reshape(images.shape), self._fn()(key, images))
+
+
+def test_augment_images_same_key_same_result_identity_when_off(getkey):
+    images = _color_images()
+    key = getkey()
+    chex.assert_trees_all_equal(data.augment(key, images), data.augment(key, images))
+    assert not np.array_equal(
+        np.asarray(data.augment(key, images)), np.asarray(data.augment(getkey(), images))
+    )
+    chex.assert_trees_all_equal(data.augment(key, images, flip=False, max_shift=0), images)
+
+
+@pytest.mark.parametrize(
+    "fn", [data.minibatches, data.fixed_minibatches, lambda k, X, Y, b: data.split(k, X, Y)]
+)
+@pytest.mark.parametrize(
+    "Y, match",
+    [
+        (np.zeros((4, 3)), r"Y must have one row per example of X: m = 5 rows"),
+        (np.float32(1), r"Y must have one row per example of X"),
+    ],
+)
+def test_images_labels_must_have_m_rows(fn, Y, match):
+    with pytest.raises(ValueError, match=match):
+        fn(jax.random.key(0), np.zeros((5, 4, 4, 3)), Y, 2)
