@@ -159,3 +159,84 @@ def test_mean_squared_error():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# The weights of any pytree, and the Loss objects
+
+
+def _conv_tree():
+    return {
+        "conv1": {"W": jnp.ones((3, 3, 1, 4)), "gamma": jnp.ones(4), "beta": jnp.zeros(4)},
+        "dense": {"W": jnp.full((4, 2), 2.0), "b": jnp.ones(2)},
+    }
+
+
+def test_is_weight_selects_kernels_not_biases_or_scales():
+    from fjdl import optim
+    from fjdl.model import MLP, init
+
+    params, _ = init(jax.random.key(0), MLP((2, 3, 1), batchnorm=True))
+    assert optim.weights_only(params) == (
+        {"W": True, "gamma": False, "beta": False},
+        {"W": True, "b": False},
+    )
+    mask = optim.weights_only(_conv_tree())
+    assert mask == {
+        "conv1": {"W": True, "gamma": False, "beta": False},
+        "dense": {"W": True, "b": False},
+    }
+    # equinox keeps a convolution's bias as (C, 1, 1): excluded by its name
+    eqx_like = {"weight": jnp.ones((4, 1, 3, 3)), "bias": jnp.ones((4, 1, 1))}
+    assert optim.weights_only(eqx_like) == {"weight": True, "bias": False}
+
+
+def test_penalties_over_any_pytree_match_the_formula():
+    tree = _conv_tree()
+    # sum W^2 = 36 + 8 * 4 = 68; sum |W| = 36 + 8 * 2 = 52
+    np.testing.assert_allclose(losses.l2_penalty(tree, 0.5, 10), 0.5 / 20 * 68, rtol=1e-6)
+    np.testing.assert_allclose(losses.l1_penalty(tree, 0.5, 10), 0.5 / 20 * 52, rtol=1e-6)
+    only_dense = lambda path, leaf: "dense" in jax.tree_util.keystr(path) and leaf.ndim >= 2  # noqa: E731
+    np.testing.assert_allclose(
+        losses.l2_penalty(tree, 0.5, 10, is_weight=only_dense), 0.5 / 20 * 32, rtol=1e-6
+    )
+    z, y = jnp.zeros(3), jnp.array([0.0, 1.0, 1.0])
+    np.testing.assert_allclose(
+        losses.cost(z, y, tree, output="binary", lambd=0.5, is_weight=only_dense),
+        np.log(2) + 0.5 / 6 * 32,
+        rtol=1e-6,
+    )
+
+
+def test_get_builds_losses_from_names_functions_and_losses():
+    out = jnp.array([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]])
+    y = jnp.array([0, 1, 1])
+    soft = losses.get("softmax")
+    np.testing.assert_allclose(soft.value(out, y), losses.softmax_cross_entropy(out, y))
+    np.testing.assert_allclose(soft.metric(out, y), 2 / 3, rtol=1e-6)
+    np.testing.assert_array_equal(soft.predict(out), [0, 1, 0])
+    assert losses.get("sigmoid") is losses.get("binary")
+    assert losses.get("linear") is losses.get("mse") and losses.get("mse").metric is None
+    # a binary output of shape (m, 1), as flax's Dense(1) gives
+    logits = jnp.array([[1.0], [-2.0]])
+    np.testing.assert_allclose(
+        losses.get("binary").value(logits, jnp.array([1.0, 0.0])),
+        losses.binary_cross_entropy(logits[:, 0], jnp.array([1.0, 0.0])),
+    )
+
+    def hinge(out, y):
+        return jnp.mean(jnp.maximum(0.0, 1.0 - out * y))
+
+    custom = losses.get(hinge, metric=lambda out, y: jnp.mean(jnp.sign(out) == y))
+    assert custom.name == "hinge" and custom.labels == "any"
+    assert custom == losses.get(hinge, metric=custom.metric)  # hashable, equal: one compilation
+    assert hash(custom) == hash(losses.get(custom))
+
+
+@pytest.mark.parametrize(
+    "loss, exc, match",
+    [("hinge", ValueError, "loss must be one of"), (3, TypeError, "loss must be a name")],
+)
+def test_get_refuses_unknown_losses(loss, exc, match):
+    with pytest.raises(exc, match=match):
+        losses.get(loss)

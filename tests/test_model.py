@@ -191,3 +191,60 @@ def test_both_internal_layouts_agree_with_numpy(hidden):
     chex.assert_trees_all_close(
         new_state[0], batchnorm.update_running(state[0], stats), rtol=1e-5, atol=1e-6
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+def _lin_init(key):
+    return {"W": jax.random.normal(key, (3, 2))}, None
+
+
+def _lin_apply(params, state, x, *, key=None, train=False):
+    return x @ params["W"], state
+
+
+def test_mlp_follows_the_protocol():
+    cfg = MLP((3, 4, 1), batchnorm=True)
+    assert isinstance(cfg, model.Model)
+    model.check_model(cfg)
+    key, x = jax.random.key(0), jax.random.normal(jax.random.key(1), (5, 3))
+    chex.assert_trees_all_equal(cfg.init(key), model.init(key, cfg))
+    params, state = cfg.init(key)
+    chex.assert_trees_all_equal(
+        cfg.apply(params, state, x, train=True), model.apply(cfg, params, state, x, train=True)
+    )
+    assert MLP((2, 1)).loss == "binary" and MLP((2, 3), output="softmax").loss == "softmax"
+    assert MLP((2, 1), output="linear").loss == "mse"
+
+
+def test_from_functions_is_a_hashable_model_equal_for_the_same_functions():
+    net = model.from_functions(_lin_init, _lin_apply, name="lin")
+    model.check_model(net)
+    assert net == model.from_functions(_lin_init, _lin_apply, name="lin")
+    assert hash(net) == hash(model.from_functions(_lin_init, _lin_apply, name="lin"))
+    assert net != model.from_functions(_lin_init, _lin_apply, name="other")
+    params, state = net.init(jax.random.key(0))
+    assert state == {}  # None means "no state"
+    out, _ = net.apply(params, state, jnp.ones((4, 3)), train=True)
+    assert out.shape == (4, 2)
+
+
+def test_check_model_names_what_is_missing():
+    with pytest.raises(TypeError, match="model must follow the model protocol.*no init or apply"):
+        model.check_model(lambda x: x)
+
+    class Unhashable:
+        __hash__ = None
+
+        def init(self, key):
+            return {}, {}
+
+        def apply(self, params, state, x, *, key=None, train=False):
+            return x, state
+
+    with pytest.raises(TypeError, match="model must be hashable"):
+        model.check_model(Unhashable())
+    with pytest.raises(TypeError, match="apply must be a function"):
+        model.from_functions(_lin_init, 3)
