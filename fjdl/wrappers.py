@@ -383,9 +383,11 @@ def from_equinox(
       as one example ``x[i]`` laid out as stored, ``(H, W, C)`` in fjdl; equinox convolutions take
       ``(C, H, W)``, so transpose inside the module.
 
-    .. warning::
-      ``eqx.nn.Conv`` biases have shape ``(out_channels, 1, ..., 1)``, so a weight predicate
-      ``ndim >= 2`` takes them for weights; L2 then also acts on them.
+    .. note::
+      ``eqx.nn.Conv`` keeps its bias as ``(out_channels, 1, ..., 1)``: the default weight
+      predicate, :func:`fjdl.losses.is_weight`, leaves it out by its name ``bias``, so L2 and
+      weight decay act on ``weight`` only. A predicate of your own written as ``ndim >= 2`` alone
+      would take these biases for weights.
 
     Example:
       >>> import jax, jax.numpy as jnp

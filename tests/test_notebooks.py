@@ -21,6 +21,7 @@ NOTEBOOKS = (
     "04_optimization.ipynb",
     "05_batchnorm_softmax.ipynb",
     "06_hyperparameter_search.ipynb",
+    "07_any_model.ipynb",
 )
 """The notebooks the README lists, in order."""
 
