@@ -96,3 +96,48 @@ def check_shape(name: str, value, shape: tuple) -> None:
             + ")"
         )
         raise ValueError(f"{name} must have shape {want}, got {got}")
+
+
+def check_key(name: str, key):
+    """A single PRNG key: a typed key (``jax.random.key``), a raw ``uint32`` key of shape ``(2,)``
+    (``jax.random.PRNGKey``), or a Python int, taken as the seed of ``jax.random.key(int)``.
+
+    Returns the key (the int turned into a typed key). Raises ``TypeError`` naming ``name``.
+    """
+    if isinstance(key, bool) or key is None:
+        raise TypeError(f"{name} must be a PRNG key, e.g. {name}=jax.random.key(0), got {key!r}")
+    if isinstance(key, numbers.Integral):
+        return jax.random.key(int(key))
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if np.shape(key) != ():
+            raise ValueError(
+                f"{name} must be a single PRNG key, got an array of keys of shape {np.shape(key)}"
+            )
+        return key
+    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(key) == (2,):
+        return key
+    raise TypeError(
+        f"{name} must be a PRNG key (jax.random.key(seed)) or an int seed, got "
+        f"{type(key).__name__}" + (f" of dtype {dtype} and shape {np.shape(key)}" if dtype else "")
+    )
+
+
+def check_all_finite(name: str, x) -> None:
+    """Raise ``ValueError`` naming ``name`` and the first bad position when a concrete array
+    holds NaN or Inf (traced arrays pass: they cannot be inspected)."""
+    if not is_concrete(x):
+        return
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.inexact):
+        try:  # bfloat16 and other ml_dtypes are not numpy inexact types
+            a = a.astype(np.float64)
+        except (TypeError, ValueError):
+            return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} must be finite, got {int(bad.sum())} NaN or Inf value(s), the first "
+            f"({a[where]}) at index {where}"
+        )

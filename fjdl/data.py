@@ -401,6 +401,7 @@ def fit_standardizer(X_train: jax.typing.ArrayLike) -> Standardizer:
       unit variance.
     """
     X = _check_x(_as_float(X_train), "X_train")
+    _checks.check_all_finite("X_train", X)
     mean = jnp.mean(X, axis=0)
     std = jnp.sqrt(jnp.mean(jnp.square(X - mean), axis=0))
     constant = jnp.max(X, axis=0) == jnp.min(X, axis=0)

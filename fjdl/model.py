@@ -250,6 +250,25 @@ def check_params(config: MLP, params: Params) -> None:
             _checks.check_shape(f"layer {l + 1} {name}", value, shapes[name])
 
 
+def _check_state(config: MLP, state: State) -> State:
+    """The state as a tuple of per-layer dicts; ``None`` is "no state" for a net without batch
+    norm."""
+    if state is None:
+        if config.batchnorm:
+            raise ValueError(
+                "state is None, but this MLP has batch norm: pass the state from init (its "
+                "running mean and variance)"
+            )
+        return tuple({} for _ in range(config.n_layers))
+    if not isinstance(state, tuple | list) or len(state) != config.n_layers:
+        got = f"{len(state)} items" if isinstance(state, tuple | list) else type(state).__name__
+        raise ValueError(
+            f"state must be a tuple of {config.n_layers} per-layer dicts (from init), or None "
+            f"without batch norm; got {got}"
+        )
+    return state
+
+
 def apply(
     config: MLP,
     params: Params,
@@ -265,7 +284,7 @@ def apply(
 
     Args:
       config: the :class:`MLP` (static under ``jit``).
-      params, state: from :func:`init`.
+      params, state: from :func:`init`; ``state`` may be ``None`` for a network without batch norm.
       x: inputs of shape ``(m, n_x)``.
       key: PRNG key for dropout; needed when ``train`` and the config has a keep_prob < 1. Split
         into one key per hidden layer.
@@ -295,6 +314,7 @@ def apply(
             f"layer 1 expects x of shape (m, {config.sizes[0]}) (examples in rows), got {x.shape}"
         )
     check_params(config, params)
+    state = _check_state(config, state)
     if keep_probs is None:
         keep = config.keep_probs
         dropping = train and config.uses_dropout

@@ -25,19 +25,26 @@ def relu(x: jax.typing.ArrayLike) -> jax.Array:
     """Rectified linear unit, ``max(x, 0)``.
 
     The derivative at exactly ``x = 0`` is taken as 0, as the course's backprop mask ``A > 0`` does
-    (``jnp.maximum(x, 0)`` would give 0.5 there under autodiff).
+    (``jnp.maximum(x, 0)`` would give 0.5 there under autodiff). A NaN stays NaN, as in
+    ``max(x, 0)``: written ``where(x <= 0, 0, x)``, the comparison is False for NaN and keeps it, so
+    a non-finite input is never hidden behind a finite output.
+
+    Example:
+      >>> relu(jnp.array([-1.0, 0.0, 2.0, jnp.nan]))
+      Array([ 0.,  0.,  2., nan], dtype=float32)
     """
     x = jnp.asarray(x)
-    return jnp.where(x > 0, x, jnp.zeros_like(x))
+    return jnp.where(x <= 0, jnp.zeros_like(x), x)
 
 
 def leaky_relu(x: jax.typing.ArrayLike, negative_slope: float = 0.01) -> jax.Array:
     """Leaky ReLU, ``max(negative_slope * x, x)`` for ``0 <= negative_slope < 1``.
 
-    As for :func:`relu`, the derivative at exactly 0 is the left one, ``negative_slope``.
+    As for :func:`relu`, the derivative at exactly 0 is the left one, ``negative_slope``, and a
+    NaN stays NaN.
     """
     x = jnp.asarray(x)
-    return jnp.where(x > 0, x, negative_slope * x)
+    return jnp.where(x <= 0, negative_slope * x, x)
 
 
 def softmax(x: jax.typing.ArrayLike, axis: int = -1) -> jax.Array:

@@ -158,6 +158,43 @@ def _mask_tree(mask, params):
     return mask(params) if callable(mask) else mask
 
 
+def _paths(tree) -> list[str]:
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def check_like(name: str, tree, like, like_name: str) -> None:
+    """Raise ``ValueError`` unless ``tree`` has the structure and leaf shapes of ``like``.
+
+    Shapes are static (known at trace time), so this also holds under ``jit``. The message names
+    the leaves that differ, as optax's ``check_shapes_equal`` does: a gradient of shape ``(1, 5)``
+    for a parameter of shape ``(2, 5)`` would otherwise broadcast silently.
+    """
+    if jax.tree.structure(tree) != jax.tree.structure(like):
+        got, want = _paths(tree), _paths(like)
+        extra = [p for p in got if p not in set(want)][:4]
+        missing = [p for p in want if p not in set(got)][:4]
+        detail = f"; not in {like_name}: {extra}" if extra else ""
+        detail += f"; missing: {missing}" if missing else ""
+        raise ValueError(
+            f"{name} must have the tree structure of {like_name} ({len(want)} leaves), got "
+            f"{len(got)} leaves{detail or ' in another structure'}"
+        )
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(like)):
+        if jnp.shape(a) != jnp.shape(b):
+            leaf = jax.tree_util.keystr(path)
+            raise ValueError(
+                f"{name}{leaf} has shape {jnp.shape(a)}, but {like_name}{leaf} has shape "
+                f"{jnp.shape(b)}"
+            )
+
+
+def _check_grads(grads, state_tree, params, state_name: str) -> None:
+    if params is not None:
+        check_like("grads", grads, params, "params")
+    if state_tree is not None:
+        check_like("grads", grads, state_tree, f"the optimizer state's {state_name}")
+
+
 def _needs_params(name, params):
     if params is None:
         raise ValueError(f"{name} needs the parameters: call update(grads, state, params)")
@@ -212,6 +249,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
       >>> print(apply_updates({"W": jnp.array([1.0, 2.0])}, {"W": jnp.array([-0.5, 0.5])})["W"])
       [0.5 2.5]
     """
+    check_like("updates", updates, params, "params")
     return jax.tree.map(
         lambda p, u: jnp.asarray(p + u).astype(jnp.asarray(p).dtype), params, updates
     )
@@ -359,6 +397,7 @@ def gd(
         return GdState(count=_zero_count())
 
     def update(grads, state, params=None):
+        _check_grads(grads, None, params, "")
         grads = _add_l2(grads, params, l2, mask)
         updates = _scale(grads, params, learning_rate, state.count, weight_decay, mask)
         return updates, GdState(count=_increment(state.count))
@@ -443,6 +482,7 @@ def momentum(
         return direction, v
 
     def update(grads, state, params=None):
+        _check_grads(grads, state.v, params, "v")
         grads = _add_l2(grads, params, l2, mask)
         directions, v = _unzip(grads, jax.tree.map(leaf, grads, state.v), 2)
         updates = _scale(directions, params, learning_rate, state.count, weight_decay, mask)
@@ -523,6 +563,7 @@ def rmsprop(
         return g / root, s
 
     def update(grads, state, params=None):
+        _check_grads(grads, state.s, params, "s")
         grads = _add_l2(grads, params, l2, mask)
         directions, s = _unzip(grads, jax.tree.map(leaf, grads, state.s), 2)
         updates = _scale(directions, params, learning_rate, state.count, weight_decay, mask)
@@ -611,6 +652,7 @@ def adam(
         return v_corrected / (jnp.sqrt(s_corrected) + eps), v, s
 
     def update(grads, state, params=None):
+        _check_grads(grads, state.v, params, "v")
         grads = _add_l2(grads, params, l2, mask)
         t = _increment(state.count)
         out = jax.tree.map(lambda g, v, s: leaf(g, v, s, t), grads, state.v, state.s)

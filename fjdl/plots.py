@@ -106,7 +106,7 @@ def search_scatter(
     else:
         ys = np.array([t[y] for t in trials], np.float64)
         ys = 1.0 - ys if is_beta else ys
-    rounds = np.array([t.get("round", 0) for t in trials])
+    rounds = np.array([t.get("round", 1) for t in trials])
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     finite = np.isfinite(cs)
     vmin, vmax = (np.nanmin(cs), np.nanmax(cs)) if finite.any() else (0.0, 1.0)
@@ -124,7 +124,7 @@ def search_scatter(
             marker=markers[int(r) % len(markers)],
             edgecolors="k",
             linewidths=0.3,
-            label=f"round {int(r) + 1}" if len(np.unique(rounds)) > 1 else None,
+            label=f"round {int(r)}" if len(np.unique(rounds)) > 1 else None,
         )
     if (~finite).any():
         ax.scatter(

@@ -608,6 +608,7 @@ def _as_inputs(name: str, X) -> jax.Array:
         raise ValueError(f"{name} X must have shape (m, ...) (examples first), got a scalar")
     if X.shape[0] == 0:
         raise ValueError(f"{name} set is empty: X has 0 examples")
+    _checks.check_all_finite(f"{name} X", X)
     return X
 
 
@@ -720,7 +721,9 @@ def fit(
       X, Y: training data, ``X`` of shape ``(m, ...)`` (``(m, n_x)`` for an MLP, ``(m, H, W, C)``
         for images; integer inputs become floats) and labels as the loss expects: 0/1 for
         ``"binary"``, class indices ``(m,)`` or one-hot ``(m, C)`` for ``"softmax"``.
-      key: the PRNG key of the run: initialization, shuffling and dropout all derive from it.
+      key: the PRNG key of the run: initialization, shuffling and dropout all derive from it. An
+        int is taken as a seed, ``jax.random.key(key)``. (Unused when ``state`` is given: the
+        state carries its run's key.)
       loss: what the output means (see :func:`fjdl.losses.get`): ``"binary"``, ``"softmax"``,
         ``"mse"``, a function ``(out, y) -> scalar`` or a :class:`fjdl.losses.Loss` (with a
         metric, recorded as the accuracy). Default: the model's ``loss`` attribute; an MLP's comes
@@ -767,6 +770,8 @@ def fit(
     """
     config = model
     model_lib.check_model(config)
+    if state is None:
+        key = _checks.check_key("key", key)
     if isinstance(config, MLP) and keep_probs is not None and config.keep_probs is None:
         config = dataclasses.replace(
             config, keep_probs=1.0
@@ -802,10 +807,15 @@ def fit(
             "a schedule needs an optimizer fjdl builds (a name or a factory), not a ready one"
         )
     hp = make_hyperparams(config, learning_rate, lambd, l1, keep_probs, X.dtype)
+    if params is not None:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+            _checks.check_all_finite(f"params{jax.tree_util.keystr(path)}", leaf)
     if state is None:
         state = init_state(
             key, config, factory, learning_rate, scheme=scheme, params=params, dtype=X.dtype
         )
+    elif not isinstance(state, TrainState):
+        raise TypeError(f"state must be an fjdl.train.TrainState, got {type(state).__name__}")
     where = dict(loss=loss, params=state.params, model_state=state.model_state)
     X, Y = _check_data(config, "training", X, Y, **where)
     X_dev, Y_dev = _check_data(config, "dev", *dev, **where) if dev is not None else (None, None)
@@ -839,7 +849,7 @@ def fit(
             jax.effects_barrier()
             bar.close()
             _PROGRESS.pop("bar", None)
-    return _finish(loop, history, patience, on_divergence)
+    return _finish(loop, history, patience, on_divergence, _divergence_cause(X.dtype, hp))
 
 
 def _open_bar(epochs, every):
@@ -852,7 +862,25 @@ def _open_bar(epochs, every):
     return bar
 
 
-def _finish(loop: _Loop, history: History, patience, on_divergence) -> FitResult:
+def _divergence_cause(dtype, hp: Hyperparams) -> str:
+    """The likely cause of a NaN or an Inf, for the message of :class:`TrainingDiverged`.
+
+    The inputs are checked to be finite before the run, so what is left is the arithmetic: the
+    range of a half-precision dtype, or a step too large for the loss.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype.itemsize <= 2:
+        big = float(jnp.finfo(dtype).max)
+        return (
+            f"the data is {dtype.name}, whose values overflow beyond {big:.4g}: train in float32 "
+            "(X.astype(jnp.float32)) or with a smaller learning rate"
+        )
+    lr = np.asarray(hp.learning_rate, np.float64)
+    shown = f"{lr.item():.3g}" if lr.size == 1 else np.array2string(lr, precision=3)
+    return f"the learning rate ({shown}) is probably too large: try a smaller one"
+
+
+def _finish(loop: _Loop, history: History, patience, on_divergence, cause: str) -> FitResult:
     diverged = int(loop.diverged_epoch)
     stopped = int(loop.stopped_epoch)
     # Epochs run in this call; the one that produced a NaN is not counted.
@@ -864,9 +892,10 @@ def _finish(loop: _Loop, history: History, patience, on_divergence) -> FitResult
         best_epoch = int(loop.best_epoch)
         state = state._replace(params=loop.best_params, model_state=loop.best_model_state)
     if diverged >= 0 and on_divergence == "raise":
+        kept = f"that of epoch {diverged - 1}" if diverged > 0 else "the state it started from"
         raise TrainingDiverged(
-            f"training diverged at epoch {diverged}: the cost or the parameters became NaN or Inf "
-            "(try a smaller learning rate); the error's .state holds the last finite state",
+            f"training diverged at epoch {diverged}: the cost or the parameters became NaN or Inf; "
+            f"{cause}. The error's .state holds the last finite state, {kept}",
             state,
             history,
             diverged,

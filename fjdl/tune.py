@@ -1091,7 +1091,10 @@ def _keep_probs_per_model(config: MLP, keep_probs, n, dtype) -> np.ndarray:
     if arr.shape != (n, n_hidden):
         raise ValueError(f"keep_probs must have shape ({n}, {n_hidden}), got {arr.shape}")
     if np.any((arr <= 0) | (arr > 1)) or not np.all(np.isfinite(arr)):
-        raise ValueError("keep_probs must be in (0, 1]")
+        bad = arr[(arr <= 0) | (arr > 1) | ~np.isfinite(arr)]
+        raise ValueError(
+            f"keep_probs must be in (0, 1], got {float(bad[0])} (and {bad.size - 1} more bad value(s))"
+        )
     return arr
 
 
@@ -1262,7 +1265,7 @@ class SearchResult:
       trials: one dict per trial, in the order they were trained: every hyperparameter of the space
         (with the value used), ``hidden`` (the hidden widths), the final ``train_cost``,
         ``train_accuracy``, ``dev_cost`` and ``dev_accuracy``, ``diverged`` (bool), ``round``
-        (0-based), ``index`` (the model's index within its round) and ``rank`` (1 = best, over all
+        (counted from 1, as in :meth:`table` and the CLI's output), ``index`` (the model's index within its round) and ``rank`` (1 = best, over all
         rounds).
       spaces: the space sampled in each round (one for :func:`random_search`).
       runs: the :class:`ManyResult` of each round (trained parameters, full histories).
@@ -1288,7 +1291,7 @@ class SearchResult:
 
     def state(self, trial: Mapping) -> train.TrainState:
         """The trained :class:`fjdl.train.TrainState` of a trial record (e.g. ``result.best``)."""
-        return self.runs[trial["round"]].state(trial["index"])
+        return self.runs[trial["round"] - 1].state(trial["index"])
 
     def table(self, top: int | None = 10) -> str:
         """The ranked trials as a text table (the best ``top`` ones; ``None`` for all), rounds
@@ -1296,7 +1299,7 @@ class SearchResult:
         rows = self.ranked()[: len(self.trials) if top is None else top]
         names = [n for n in self.spaces[0] if isinstance(self.spaces[0][n], SAMPLERS)]
         header = ["rank", "round", *names, *METRICS]
-        body = [[_fmt(r[h] + (h == "round")) for h in header] for r in rows]  # rounds from 1
+        body = [[_fmt(r[h]) for h in header] for r in rows]
         widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
         lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
         lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths)) for b in body]
@@ -1395,7 +1398,7 @@ def _run_round(space, X, Y, *, dev, key, n_trials, config, epochs, chunk_size, r
         for metric, values in finals.items():
             record[metric] = float(values[i])
         record["diverged"] = bool(many.diverged_epoch[i] >= 0)
-        record["round"] = round_
+        record["round"] = round_ + 1  # rounds count from 1 everywhere
         record["index"] = i
         records.append(record)
     return records, many

@@ -386,16 +386,16 @@ def test_coarse_to_fine_narrows_around_the_best(moons):
         epochs=5,
         optimizer="momentum",
     )
-    assert len(result.trials) == 16 and {t["round"] for t in result.trials} == {0, 1}
+    assert len(result.trials) == 16 and {t["round"] for t in result.trials} == {1, 2}
     first, second = result.spaces
-    best_first = min((t for t in result.trials if t["round"] == 0), key=lambda t: t["rank"])
+    best_first = min((t for t in result.trials if t["round"] == 1), key=lambda t: t["rank"])
     for name in space:
         s0, s1 = first[name], second[name]
         assert s0.low <= s1.low < s1.high <= s0.high
         assert s1.low <= best_first[name] <= s1.high
         assert s1.high - s1.low < s0.high - s0.low  # actually narrower
     for t in result.trials:
-        if t["round"] == 1:
+        if t["round"] == 2:
             assert all(second[n].low <= t[n] <= second[n].high for n in space)
     assert result.best["rank"] == 1 and result.space is second
 
