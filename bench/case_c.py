@@ -273,7 +273,7 @@ def run_flax(train_fn, s, reps):
 
 # ---- a flax convnet: fit against a hand-written flax + optax scan -------------------------------
 
-CONV_M = (1024, 16384)  # (quick, full) examples of 8x8x1
+CONV_M = (512, 4096)  # (quick, full) examples of 8x8x1
 CONV_BATCH = 256
 CONV_KEEP = 0.9
 
