@@ -1,8 +1,9 @@
 r"""Optimizers, written by hand as optax-compatible gradient transformations.
 
 Each optimizer is a :class:`GradientTransformation`: a NamedTuple ``(init, update)`` of pure
-functions with the same shape as optax's, so it works with :func:`apply_updates` and with
-``optax.chain`` / ``optax.apply_updates`` alike (this module does not use optax)::
+functions, built with optax's own container type, so it works with :func:`apply_updates` and with
+``optax.chain`` / ``optax.apply_updates`` alike (this module uses optax for that container only;
+every update is written by hand)::
 
   opt = fjdl.optim.adam(learning_rate=1e-3)
   state = opt.init(params)                    # a NamedTuple of pytrees, count = 0 (int32)
@@ -38,24 +39,22 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from fjdl import _checks
-from fjdl._types import OptState, Params, ScalarOrSchedule
+from fjdl._types import Params, ScalarOrSchedule
 from fjdl.losses import is_weight
 
 Updates = Any
 """A pytree shaped like the parameters: what :func:`apply_updates` adds to them."""
 
 
-class GradientTransformation(NamedTuple):
-    """An optimizer: ``init(params) -> state`` and ``update(grads, state, params=None)``.
-
-    ``update`` returns ``(updates, new_state)``. The same two fields, in the same order, as
-    ``optax.GradientTransformation``, so optax accepts ours.
-    """
-
-    init: Callable[[Params], OptState]
-    update: Callable[..., tuple[Updates, OptState]]
+GradientTransformation = optax.GradientTransformation
+"""An optimizer: ``init(params) -> state`` and ``update(grads, state, params=None)`` returning
+``(updates, new_state)``. fjdl's optimizers are built with optax's own container (only the
+container: their update math is written here), so ``isinstance(opt,
+optax.GradientTransformation)`` holds and ``optax.chain``, ``optax.inject_hyperparams``, flax's
+``TrainState`` and ``nnx.Optimizer`` accept them, as type checkers do."""
 
 
 class GdState(NamedTuple):
@@ -117,8 +116,11 @@ def _one_minus_power(beta, t, like):
 
 
 def _is_off(x) -> bool:
-    """A weight decay given as the Python number 0: skipped at trace time."""
-    return type(x) in (int, float) and x == 0
+    """A weight decay known to be 0 (a Python number, or a concrete array as
+    ``optax.inject_hyperparams`` passes outside ``jit``): skipped at trace time."""
+    if type(x) in (int, float):
+        return x == 0
+    return _checks.is_concrete(x) and hasattr(x, "dtype") and not bool(jnp.any(x != 0))
 
 
 def _increment(count):

@@ -160,6 +160,47 @@ class _Fixed:
         return self.transformation
 
 
+@dataclasses.dataclass(frozen=True)
+class _PerStep:
+    """A schedule of the optimizer's step count, ``count -> lr`` (fjdl's or optax's), given as
+    ``learning_rate``: the optimizer is built with it as it is."""
+
+    schedule: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class _PerEpoch:
+    """A schedule of the epoch, ``epoch -> lr``, given as ``schedule``: it replaces the learning
+    rate rather than decaying it (the factory form ``lr0 -> (epoch -> lr)`` decays it)."""
+
+    schedule: Callable
+
+    def __call__(self, learning_rate):
+        del learning_rate
+        return self.schedule
+
+
+def _rate_plan(learning_rate, schedule):
+    """``(learning_rate, schedule)`` as :func:`run_epochs` takes them: a number, and ``None``, a
+    factory ``lr0 -> (epoch -> lr)``, a :class:`_PerEpoch` or a :class:`_PerStep` (static)."""
+    if callable(learning_rate):
+        if schedule is not None:
+            raise ValueError(
+                "learning_rate is already a schedule (of the step); schedule= (of the epoch) "
+                "cannot decay it too: give one of them"
+            )
+        return 0.0, _PerStep(learning_rate)
+    if schedule is None:
+        return learning_rate, None
+    if not callable(schedule):
+        raise TypeError(
+            f"schedule must be a function lr0 -> (epoch -> lr) or epoch -> lr, got {schedule!r}"
+        )
+    _checks.check_nonnegative("learning_rate", learning_rate)
+    probe = schedule(jnp.asarray(learning_rate, jnp.float32))
+    return learning_rate, (schedule if callable(probe) else _PerEpoch(schedule))
+
+
 def _epoch_schedule(schedule, learning_rate):
     """The learning rate as a function of the epoch count (constant without a schedule)."""
     if schedule is None:
@@ -205,7 +246,12 @@ def init_state(
             params = jax.tree.map(lambda a, f: jnp.asarray(a, f.dtype), params, fresh_params)
     else:
         params = fresh_params
-    opt = _resolve_optimizer(optimizer)(jnp.asarray(learning_rate, dtype))
+    # Built with a schedule, as the compiled loop builds it: optax's states differ between a
+    # number and a schedule (scale_by_schedule counts steps), fjdl's do not.
+    if not callable(learning_rate):
+        lr0 = jnp.asarray(learning_rate, dtype)
+        learning_rate = lambda count: lr0  # noqa: E731
+    opt = _resolve_optimizer(optimizer)(learning_rate)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(params, model_state, opt.init(params), zero, zero, run_key)
 
@@ -403,10 +449,16 @@ def run_epochs(
     m = X.shape[0]
     loss = default_loss(config, loss)
     n_full, remainder = divmod(m, batch_size)
-    lr_of_epoch = _epoch_schedule(schedule, hp.learning_rate)
-    # The optimizer counts steps; the schedule counts epochs: the step count maps to its epoch.
     steps_per_epoch = n_full + (remainder > 0)
-    opt = optimizer(lambda count: lr_of_epoch(count // steps_per_epoch))
+    if isinstance(schedule, _PerStep):  # a schedule of the step: the optimizer runs it
+        opt = optimizer(schedule.schedule)
+        lr_of_epoch = lambda epoch: schedule.schedule(epoch * steps_per_epoch)  # noqa: E731
+    else:
+        # The optimizer counts steps; the schedule counts epochs: a step count maps to its epoch.
+        lr_of_epoch = _epoch_schedule(schedule, hp.learning_rate)
+        opt = optimizer(lambda count: lr_of_epoch(count // steps_per_epoch))
+    if isinstance(optimizer, _Fixed):  # a ready transformation keeps its own rate, unknown here
+        lr_of_epoch = lambda epoch: jnp.asarray(jnp.nan, jnp.float32)  # noqa: E731
     has_dev = X_dev is not None
 
     narrow_mlp = isinstance(config, MLP) and max(config.sizes) <= model_lib.NARROW_WIDTH
@@ -731,7 +783,11 @@ def fit(
       optimizer: ``"gd"``, ``"momentum"``, ``"rmsprop"``, ``"adam"``, a factory
         ``learning_rate -> GradientTransformation`` (e.g. ``partial(fjdl.optim.momentum, beta=0.95)``),
         or a ready ``GradientTransformation`` such as ``optax.adam(1e-3)`` (which keeps its own rate).
-      learning_rate: the (initial) learning rate ``alpha``.
+      learning_rate: the (initial) learning rate ``alpha``, or a schedule of the optimizer's step
+        count, ``count -> lr`` (fjdl's :mod:`fjdl.schedules` or optax's), which the optimizer runs
+        as it is (then ``schedule`` must be ``None``). ``history.learning_rate`` records the rate
+        of each epoch's first step; with a ready ``GradientTransformation``, which keeps its own
+        rate unknown to fjdl, it records NaN.
       epochs: number of passes over the data (> 0).
       batch_size: mini-batch size; ``None`` for full-batch gradient descent. The last batch holds the
         remainder.
@@ -739,8 +795,12 @@ def fit(
         leaves that ``is_weight`` selects.
       keep_probs: an MLP's dropout keep probability per hidden layer (overrides the config's
         values; an MLP built without dropout gets it). Other models apply their own dropout.
-      schedule: per-epoch decay, a function ``lr0 -> (epoch -> lr)``, e.g.
-        ``lambda lr0: fjdl.schedules.inverse_time_decay(lr0, 1.0, time_interval=1000)``.
+      schedule: per-epoch decay, a function ``lr0 -> (epoch -> lr)`` that decays
+        ``learning_rate``, e.g.
+        ``lambda lr0: fjdl.schedules.inverse_time_decay(lr0, 1.0, time_interval=1000)``; or a
+        schedule of the epoch itself, ``epoch -> lr`` (e.g. ``optax.exponential_decay(0.1, 10,
+        0.5)``, counting epochs), which replaces ``learning_rate``. (Told apart by calling it once
+        with ``learning_rate``: a factory returns a function.)
       dev: optional ``(X_dev, Y_dev)``: its cost and accuracy are recorded every epoch.
       patience: early stopping: stop after this many epochs without the dev cost improving by more
         than ``min_delta``, and restore the parameters of the best epoch. Needs ``dev``.
@@ -784,8 +844,8 @@ def fit(
             f"dev must be a pair (X_dev, Y_dev), got {type(dev).__name__} of length "
             f"{len(dev) if isinstance(dev, tuple | list) else '?'}"
         )
-    if schedule is not None and not callable(schedule):
-        raise TypeError(f"schedule must be a function lr0 -> (epoch -> lr), got {schedule!r}")
+    learning_rate_given = learning_rate
+    learning_rate, schedule = _rate_plan(learning_rate, schedule)
     X = _as_inputs("training", X)
     m = X.shape[0]
     _checks.check_positive_int("epochs", epochs)
@@ -849,7 +909,9 @@ def fit(
             jax.effects_barrier()
             bar.close()
             _PROGRESS.pop("bar", None)
-    return _finish(loop, history, patience, on_divergence, _divergence_cause(X.dtype, hp))
+    return _finish(
+        loop, history, patience, on_divergence, _divergence_cause(X.dtype, learning_rate_given)
+    )
 
 
 def _open_bar(epochs, every):
@@ -862,7 +924,7 @@ def _open_bar(epochs, every):
     return bar
 
 
-def _divergence_cause(dtype, hp: Hyperparams) -> str:
+def _divergence_cause(dtype, learning_rate) -> str:
     """The likely cause of a NaN or an Inf, for the message of :class:`TrainingDiverged`.
 
     The inputs are checked to be finite before the run, so what is left is the arithmetic: the
@@ -875,7 +937,9 @@ def _divergence_cause(dtype, hp: Hyperparams) -> str:
             f"the data is {dtype.name}, whose values overflow beyond {big:.4g}: train in float32 "
             "(X.astype(jnp.float32)) or with a smaller learning rate"
         )
-    lr = np.asarray(hp.learning_rate, np.float64)
+    if callable(learning_rate):
+        return "the learning-rate schedule is probably too large at some step: try smaller rates"
+    lr = np.asarray(learning_rate, np.float64)
     shown = f"{lr.item():.3g}" if lr.size == 1 else np.array2string(lr, precision=3)
     return f"the learning rate ({shown}) is probably too large: try a smaller one"
 

@@ -413,3 +413,90 @@ def test_early_stopping_on_chunk_ends(moons120, monkeypatch):
     assert fast.stopped_epoch == slow.stopped_epoch
     assert fast.best_epoch is not None and (fast.best_epoch + 1) % 10 == 0
     chex.assert_trees_all_close(fast.state.params, slow.state.params, rtol=1e-5, atol=1e-6)
+
+
+# ---- optax in fit: factories, schedules, ready transformations ---------------------------------
+
+
+FIT = dict(epochs=4, batch_size=50, progress=False)
+
+
+def test_optax_factories_train_as_fjdl_optimizers_do(moons):
+    X, Y = moons
+    key = jax.random.key(3)
+    fit = functools.partial(train.fit, MLP((2, 5, 1)), X, Y, key=key, learning_rate=0.01, **FIT)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 and floats
+        with_optax = fit(optimizer=optax.adam)
+        sgd = fit(optimizer=functools.partial(optax.sgd, momentum=0.9))
+    with_fjdl = fit(optimizer=optim.adam)
+    chex.assert_trees_all_close(
+        with_optax.state.params, with_fjdl.state.params, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(with_optax.history.learning_rate, np.float32([0.01] * 4))
+    ours = fit(optimizer=functools.partial(optim.momentum, heavy_ball=True))
+    chex.assert_trees_all_close(sgd.state.params, ours.state.params, rtol=1e-5, atol=1e-6)
+
+
+def test_a_schedule_of_the_step_as_learning_rate(moons):
+    X, Y = moons
+    steps = 3  # 148 examples in batches of 50
+    for schedule in (
+        optax.exponential_decay(0.02, 2, 0.5),
+        schedules.inverse_time_decay(0.02, 0.3),
+    ):
+        r = train.fit(MLP((2, 5, 1)), X, Y, key=jax.random.key(0), learning_rate=schedule, **FIT)
+        want = [float(schedule(e * steps)) for e in range(4)]
+        np.testing.assert_allclose(r.history.learning_rate, want, rtol=1e-6)
+        # the optimizer ran the schedule step by step: the same as building it with the schedule
+        opt = optim.adam(schedule)
+        ready = train.fit(MLP((2, 5, 1)), X, Y, key=jax.random.key(0), optimizer=opt, **FIT)
+        chex.assert_trees_all_close(r.state.params, ready.state.params, rtol=1e-6)
+    with pytest.raises(ValueError, match="learning_rate is already a schedule"):
+        train.fit(
+            MLP((2, 5, 1)),
+            X,
+            Y,
+            key=jax.random.key(0),
+            learning_rate=schedule,
+            schedule=lambda lr0: schedules.exponential_decay(lr0),
+            **FIT,
+        )
+
+
+def test_a_schedule_of_the_epoch_as_schedule(moons):
+    X, Y = moons
+    epoch_schedule = optax.exponential_decay(0.02, 1, 0.5)  # epoch -> lr, replaces learning_rate
+    r = train.fit(MLP((2, 5, 1)), X, Y, key=jax.random.key(0), schedule=epoch_schedule, **FIT)
+    np.testing.assert_allclose(r.history.learning_rate, [0.02, 0.01, 0.005, 0.0025], rtol=1e-6)
+    factory = lambda lr0: schedules.exponential_decay(lr0, base=0.5)  # noqa: E731
+    f = train.fit(
+        MLP((2, 5, 1)), X, Y, key=jax.random.key(0), learning_rate=0.02, schedule=factory, **FIT
+    )
+    np.testing.assert_allclose(f.history.learning_rate, r.history.learning_rate, rtol=1e-6)
+    chex.assert_trees_all_close(f.state.params, r.state.params, rtol=1e-6)
+
+
+def test_a_ready_transformation_records_nan_as_its_rate(moons):
+    X, Y = moons
+    opt = optax.adam(optax.linear_schedule(0.01, 0.0, 12))
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 and floats
+        r = train.fit(MLP((2, 5, 1)), X, Y, key=jax.random.key(0), optimizer=opt, **FIT)
+    assert r.history.learning_rate.shape == (4,) and np.all(np.isnan(r.history.learning_rate))
+    assert np.all(np.isfinite(r.history.cost))
+
+
+def test_fjdl_optimizers_are_optax_transformations():
+    from flax.training import train_state
+
+    params = {"w": jnp.ones(3)}
+    for opt in (optim.gd(0.1), optim.momentum(0.1), optim.rmsprop(0.1), optim.adam(0.1)):
+        assert isinstance(opt, optax.GradientTransformation)
+        chained = optax.chain(optax.clip_by_global_norm(1.0), opt)
+        updates, _ = chained.update(params, chained.init(params), params)
+        assert jax.tree.structure(updates) == jax.tree.structure(params)
+    injected = optax.inject_hyperparams(optim.adam)(learning_rate=0.1)
+    state = injected.init(params)
+    updates, state = jax.jit(injected.update)(params, state, params)
+    np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-5)
+    ts = train_state.TrainState.create(apply_fn=None, params=params, tx=optim.momentum(0.1))
+    np.testing.assert_allclose(ts.apply_gradients(grads=params).params["w"], 0.99, rtol=1e-6)
