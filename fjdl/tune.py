@@ -1609,6 +1609,7 @@ class Panda:
       dev: optional ``(X_dev, Y_dev)``.
       scheme: an MLP's weight initialization (default ``"he"``).
       eval_every: evaluate every this many epochs.
+      is_weight: which parameters L2 and L1 act on (see :func:`fjdl.train.fit`).
 
     Example:
       >>> import jax
@@ -1640,11 +1641,13 @@ class Panda:
         dev=None,
         scheme=None,
         eval_every: int = 1,
+        is_weight=losses.is_weight,
     ):
         fjdl_model.check_model(model)
         config = model
         self.config = config
         self.loss = train.default_loss(config, loss)
+        self.is_weight = is_weight
         X = train._as_inputs("training", X)
         m = X.shape[0]
         if batch_size is not None:
@@ -1689,6 +1692,7 @@ class Panda:
 
     def set(self, *, learning_rate=None, lambd=None, l1=None, keep_probs=None) -> None:
         """Change hyperparameters for the next :meth:`run` (``None`` keeps the current value)."""
+        is_mlp = isinstance(self.config, MLP)
         hp = self.hyperparams
         dtype = hp.learning_rate.dtype
         if keep_probs is not None and getattr(self.config, "keep_probs", None) is None:
@@ -1701,7 +1705,7 @@ class Panda:
             hp.learning_rate if learning_rate is None else learning_rate,
             hp.lambd if lambd is None else lambd,
             hp.l1 if l1 is None else l1,
-            hp.keep_probs if keep_probs is None else keep_probs,
+            keep_probs if keep_probs is not None else (hp.keep_probs if is_mlp else None),
             dtype,
         )
 
@@ -1723,6 +1727,7 @@ class Panda:
             jnp.zeros((), self.X.dtype),
             config=self.config,
             loss=self.loss,
+            is_weight=self.is_weight,
             optimizer=self.optimizer,
             schedule=self.schedule,
             batch_size=self.batch_size,
@@ -1749,6 +1754,7 @@ class Panda:
             X,
             Y,
             loss=self.loss,
+            is_weight=self.is_weight,
             lambd=hp.lambd,
             l1=hp.l1,
         )
