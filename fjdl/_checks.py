@@ -33,7 +33,10 @@ def check_real(name: str, value) -> None:
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if isinstance(value, numbers.Real):
         return
-    if hasattr(value, "dtype") and np.issubdtype(np.dtype(value.dtype), np.number):
+    # jax's lattice knows bfloat16 (and the other ml_dtypes) as numbers; numpy's does not.
+    if hasattr(value, "dtype") and jax.numpy.issubdtype(value.dtype, jax.numpy.number):
+        if jax.numpy.issubdtype(value.dtype, jax.numpy.complexfloating):
+            raise TypeError(f"{name} must be real, got dtype {value.dtype}")
         return
     raise TypeError(f"{name} must be a real number or numeric array, got {type(value).__name__}")
 

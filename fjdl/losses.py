@@ -177,6 +177,14 @@ def weights(params: Params, predicate: WeightPredicate = is_weight) -> list[jax.
     return [leaf for path, leaf in leaves if predicate(path, leaf)]
 
 
+def _scaled(lambd, m, total):
+    """``lambd / (2 m) * total``, with an array ``lambd`` (a bfloat16 one, say) in the dtype of
+    ``total``, the weights' dtype."""
+    if hasattr(lambd, "dtype") and hasattr(total, "dtype"):
+        lambd = jnp.asarray(lambd).astype(total.dtype)
+    return lambd / (2 * m) * total
+
+
 def l2_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weight) -> jax.Array:
     """The L2 (weight-decay) term of the cost: ``lambd / (2 m) * sum_l ||W_l||_F^2``.
 
@@ -190,7 +198,7 @@ def l2_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weig
     """
     _checks.check_nonnegative("lambd", lambd)
     _checks.check_positive("m", m)
-    return lambd / (2 * m) * sum(jnp.sum(jnp.square(W)) for W in weights(params, is_weight))
+    return _scaled(lambd, m, sum(jnp.sum(jnp.square(W)) for W in weights(params, is_weight)))
 
 
 def l1_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weight) -> jax.Array:
@@ -201,7 +209,7 @@ def l1_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weig
     """
     _checks.check_nonnegative("lambd", lambd)
     _checks.check_positive("m", m)
-    return lambd / (2 * m) * sum(jnp.sum(jnp.abs(W)) for W in weights(params, is_weight))
+    return _scaled(lambd, m, sum(jnp.sum(jnp.abs(W)) for W in weights(params, is_weight)))
 
 
 DATA_LOSSES = {

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fjdl import _checks, losses, optim
+from fjdl import _checks, losses, optim, schedules
 from fjdl import model as model_lib
 from fjdl._types import Params, PRNGKey, State
 from fjdl.model import MLP, Model
@@ -133,12 +133,67 @@ def make_hyperparams(
     )
 
 
+class OptimizerHyperparams(NamedTuple):
+    """The numeric hyperparameters of an optimizer fjdl builds by name, as arrays: a new value
+    reuses the compiled program. ``decay_rate`` is that of the per-epoch inverse-time decay
+    (:func:`fjdl.schedules.inverse_time_decay`), used when :func:`fit` is given one."""
+
+    beta: jax.Array  # momentum / RMSprop
+    beta1: jax.Array  # Adam
+    beta2: jax.Array  # Adam
+    epsilon: jax.Array  # RMSprop / Adam
+    decay_rate: jax.Array
+
+
+OPTIMIZER_DEFAULTS = {"beta": 0.9, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "decay_rate": 0.0}
+"""The defaults of :class:`OptimizerHyperparams`: those of :mod:`fjdl.optim`'s factories."""
+
+
+def make_optimizer_hyperparams(dtype=jnp.float32, **values) -> OptimizerHyperparams:
+    """An :class:`OptimizerHyperparams` with validated values (``None`` or absent: the default)."""
+    v = {
+        k: (OPTIMIZER_DEFAULTS[k] if values.get(k) is None else values[k])
+        for k in OPTIMIZER_DEFAULTS
+    }
+    for name in ("beta", "beta1", "beta2"):
+        _checks.check_unit_interval(name, v[name])
+    _checks.check_positive("epsilon", v["epsilon"])
+    _checks.check_nonnegative("decay_rate", v["decay_rate"])
+    return OptimizerHyperparams(**{k: jnp.asarray(x, dtype) for k, x in v.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Named:
+    """An optimizer of :mod:`fjdl.optim` given by name: built inside the compiled loop from the
+    arrays of an :class:`OptimizerHyperparams` (so new betas or epsilon do not recompile)."""
+
+    name: str
+
+    def __call__(self, learning_rate, opt_hp: OptimizerHyperparams | None = None):
+        h = opt_hp if opt_hp is not None else make_optimizer_hyperparams()
+        if self.name == "gd":
+            return optim.gd(learning_rate)
+        if self.name == "momentum":
+            return optim.momentum(learning_rate, beta=h.beta)
+        if self.name == "rmsprop":
+            return optim.rmsprop(learning_rate, beta=h.beta, epsilon=h.epsilon)
+        return optim.adam(learning_rate, beta1=h.beta1, beta2=h.beta2, epsilon=h.epsilon)
+
+
+@dataclasses.dataclass(frozen=True)
+class _InverseTimeDecay:
+    """``fit(decay_rate=...)``: ``lr0 / (1 + decay_rate * floor(epoch / interval))``, with
+    ``decay_rate`` an array of :class:`OptimizerHyperparams` and the interval static."""
+
+    interval: int
+
+
 def _resolve_optimizer(optimizer):
     """A factory ``learning_rate -> GradientTransformation`` from a name, a factory or an instance."""
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
-        return OPTIMIZERS[optimizer]
+        return _Named(optimizer)
     if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
         return _Fixed(optimizer)
     if callable(optimizer):
@@ -425,8 +480,12 @@ def run_epochs(
     patience: int | None,
     progress_every: int | None,
     eval_every: int = 1,
+    opt_hp: OptimizerHyperparams | None = None,
 ):
     """The compiled run: up to ``epochs`` epochs of mini-batch training from ``state``.
+
+    ``opt_hp`` (arrays, not static) holds the betas, epsilon and decay rate of an optimizer given
+    by name; ``None`` is their defaults.
 
     Static: the model (``config``), the loss (default: the model's), the weight predicate, the
     optimizer factory, the schedule factory, the batch size, the number of
@@ -450,13 +509,27 @@ def run_epochs(
     loss = default_loss(config, loss)
     n_full, remainder = divmod(m, batch_size)
     steps_per_epoch = n_full + (remainder > 0)
+
+    def build(learning_rate):
+        return (
+            optimizer(learning_rate, opt_hp)
+            if isinstance(optimizer, _Named)
+            else optimizer(learning_rate)
+        )
+
     if isinstance(schedule, _PerStep):  # a schedule of the step: the optimizer runs it
-        opt = optimizer(schedule.schedule)
+        opt = build(schedule.schedule)
         lr_of_epoch = lambda epoch: schedule.schedule(epoch * steps_per_epoch)  # noqa: E731
     else:
         # The optimizer counts steps; the schedule counts epochs: a step count maps to its epoch.
-        lr_of_epoch = _epoch_schedule(schedule, hp.learning_rate)
-        opt = optimizer(lambda count: lr_of_epoch(count // steps_per_epoch))
+        if isinstance(schedule, _InverseTimeDecay):
+            decay_rate = (opt_hp or make_optimizer_hyperparams()).decay_rate
+            lr_of_epoch = schedules.inverse_time_decay(
+                hp.learning_rate, decay_rate, schedule.interval
+            )
+        else:
+            lr_of_epoch = _epoch_schedule(schedule, hp.learning_rate)
+        opt = build(lambda count: lr_of_epoch(count // steps_per_epoch))
     if isinstance(optimizer, _Fixed):  # a ready transformation keeps its own rate, unknown here
         lr_of_epoch = lambda epoch: jnp.asarray(jnp.nan, jnp.float32)  # noqa: E731
     has_dev = X_dev is not None
@@ -763,6 +836,12 @@ def fit(
     on_divergence: str = "raise",
     eval_every: int = 1,
     is_weight=losses.is_weight,
+    beta=None,
+    beta1=None,
+    beta2=None,
+    epsilon=None,
+    decay_rate=None,
+    decay_interval: int = 1,
 ) -> FitResult:
     """Train ``model`` on ``(X, Y)``: one compiled run of ``epochs`` epochs of mini-batch training.
 
@@ -820,6 +899,21 @@ def fit(
       is_weight: which parameters L2 and L1 act on, ``(key path, leaf) -> bool``; default
         :func:`fjdl.losses.is_weight` (leaves with ``ndim >= 2``: kernels, not biases or batch
         norm's scale and shift). Static.
+      beta, beta1, beta2, epsilon: the hyperparameters of an optimizer given by name (``beta`` of
+        momentum and RMSprop, ``beta1``, ``beta2`` of Adam, ``epsilon`` of RMSprop and Adam);
+        ``None`` keeps :mod:`fjdl.optim`'s defaults (0.9, 0.9, 0.999, 1e-8).
+      decay_rate: per-epoch inverse-time decay of ``learning_rate``,
+        ``lr0 / (1 + decay_rate * floor(epoch / decay_interval))`` (the course's), as an array;
+        ``None`` for none. Not with ``schedule``.
+      decay_interval: epochs per decay step (static).
+
+    What is compiled in, and what is not: every numeric hyperparameter (``learning_rate``,
+    ``lambd``, ``l1``, keep_probs, ``min_delta``, ``beta``, ``beta1``, ``beta2``, ``epsilon``,
+    ``decay_rate``), the key and the data are arrays, so a second call with new values of the same
+    shapes reuses the compiled program. Static, because they change the program's shape: the model
+    and the loss, the optimizer's kind (a name, or the factory or transformation object), a
+    schedule function, ``batch_size``, ``epochs``, ``patience``, ``eval_every``,
+    ``decay_interval``, whether there is a dev set or a decay, and ``is_weight``.
 
     Returns:
       A :class:`FitResult` with the final (or best, with early stopping) state and the history.
@@ -846,6 +940,18 @@ def fit(
         )
     learning_rate_given = learning_rate
     learning_rate, schedule = _rate_plan(learning_rate, schedule)
+    named = dict(beta=beta, beta1=beta1, beta2=beta2, epsilon=epsilon)
+    if not isinstance(optimizer, str) and any(v is not None for v in named.values()):
+        given = sorted(k for k, v in named.items() if v is not None)
+        raise ValueError(
+            f"{', '.join(given)} apply to an optimizer given by name ('momentum', 'rmsprop', "
+            "'adam'); a factory or a transformation carries its own"
+        )
+    if decay_rate is not None:
+        if schedule is not None:
+            raise ValueError("decay_rate and a schedule both decay the learning rate: give one")
+        _checks.check_positive_int("decay_interval", decay_interval)
+        schedule = _InverseTimeDecay(decay_interval)
     X = _as_inputs("training", X)
     m = X.shape[0]
     _checks.check_positive_int("epochs", epochs)
@@ -867,6 +973,10 @@ def fit(
             "a schedule needs an optimizer fjdl builds (a name or a factory), not a ready one"
         )
     hp = make_hyperparams(config, learning_rate, lambd, l1, keep_probs, X.dtype)
+    # Stored in at least float32 (1e-8 is 0 in float16); the optimizer casts each to the dtype of
+    # the parameter it updates.
+    opt_dtype = X.dtype if jnp.finfo(X.dtype).bits >= 32 else jnp.float32
+    opt_hp = make_optimizer_hyperparams(opt_dtype, decay_rate=decay_rate, **named)
     if params is not None:
         for path, leaf in jax.tree_util.tree_leaves_with_path(params):
             _checks.check_all_finite(f"params{jax.tree_util.keystr(path)}", leaf)
@@ -902,6 +1012,7 @@ def fit(
             patience=patience,
             progress_every=every,
             eval_every=eval_every,
+            opt_hp=opt_hp,
         )
         jax.block_until_ready(loop)
     finally:

@@ -500,3 +500,112 @@ def test_fjdl_optimizers_are_optax_transformations():
     np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-5)
     ts = train_state.TrainState.create(apply_fn=None, params=params, tx=optim.momentum(0.1))
     np.testing.assert_allclose(ts.apply_gradients(grads=params).params["w"], 0.99, rtol=1e-6)
+
+
+# ---- one compilation per shape: every numeric hyperparameter is an array --------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "rmsprop", "adam"])
+def test_new_hyperparameter_values_key_and_data_compile_nothing(optimizer):
+    X, Y = data.make_moons(jax.random.key(0), 150, noise=0.2)
+    X2, Y2 = data.make_moons(jax.random.key(9), 150, noise=0.3)
+    common = dict(optimizer=optimizer, epochs=3, batch_size=40, patience=2, progress=False)
+    first = dict(
+        key=jax.random.key(1),
+        learning_rate=0.01,
+        beta=0.9,
+        beta1=0.9,
+        beta2=0.999,
+        epsilon=1e-8,
+        decay_rate=0.5,
+        lambd=0.1,
+        l1=0.0,
+        min_delta=0.0,
+        dev=(X2, Y2),
+    )
+    second = dict(
+        key=jax.random.key(2),
+        learning_rate=0.02,
+        beta=0.8,
+        beta1=0.8,
+        beta2=0.99,
+        epsilon=1e-6,
+        decay_rate=0.1,
+        lambd=0.3,
+        l1=0.01,
+        min_delta=0.01,
+        dev=(X, Y),
+    )
+    if optimizer != "adam":
+        for d in (first, second):
+            del d["beta1"], d["beta2"]
+    if optimizer != "rmsprop" and optimizer != "adam":
+        for d in (first, second):
+            del d["epsilon"]
+    if optimizer == "adam":
+        for d in (first, second):
+            del d["beta"]
+    train.fit(MLP((2, 4, 1)), X, Y, **common, **first)
+    before = train.run_epochs._cache_size()
+    r = train.fit(MLP((2, 4, 1)), X2, Y2, **common, **second)
+    assert train.run_epochs._cache_size() == before
+    np.testing.assert_allclose(r.history.learning_rate[:2], [0.02, 0.02 / 1.1], rtol=1e-6)
+
+
+def test_optimizer_keywords_equal_the_factory_with_those_values(moons):
+    X, Y = moons
+    fit = functools.partial(
+        train.fit, MLP((2, 5, 1)), X, Y, key=jax.random.key(3), learning_rate=0.01, **FIT
+    )
+    by_name = fit(optimizer="adam", beta1=0.8, beta2=0.99, epsilon=1e-6)
+    factory = fit(optimizer=functools.partial(optim.adam, beta1=0.8, beta2=0.99, epsilon=1e-6))
+    chex.assert_trees_all_close(by_name.state.params, factory.state.params, rtol=1e-6, atol=1e-7)
+    rms = fit(optimizer="rmsprop", beta=0.7, epsilon=1e-5)
+    rms_f = fit(optimizer=functools.partial(optim.rmsprop, beta=0.7, epsilon=1e-5))
+    chex.assert_trees_all_close(rms.state.params, rms_f.state.params, rtol=1e-6, atol=1e-7)
+    decayed = fit(decay_rate=0.5, decay_interval=2)
+    scheduled = fit(schedule=lambda lr0: schedules.inverse_time_decay(lr0, 0.5, 2))
+    np.testing.assert_allclose(
+        decayed.history.learning_rate, [0.01, 0.01, 0.01 / 1.5, 0.01 / 1.5], rtol=1e-6
+    )
+    chex.assert_trees_all_close(decayed.state.params, scheduled.state.params, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (
+            dict(optimizer=optim.adam, beta1=0.8),
+            ValueError,
+            "beta1 apply to an optimizer given by name",
+        ),
+        (
+            dict(decay_rate=0.1, schedule=lambda lr0: schedules.exponential_decay(lr0)),
+            ValueError,
+            "give one",
+        ),
+        (dict(beta2=1.0), ValueError, r"beta2 must be in \[0, 1\)"),
+        (dict(epsilon=0.0), ValueError, "epsilon must be > 0"),
+        (dict(decay_rate=-1.0), ValueError, "decay_rate must be >= 0"),
+        (dict(decay_rate=0.1, decay_interval=0), ValueError, "decay_interval"),
+    ],
+)
+def test_optimizer_keywords_are_checked(moons, kwargs, exc, match):
+    X, Y = moons
+    with pytest.raises(exc, match=match):
+        train.fit(MLP((2, 5, 1)), X, Y, key=jax.random.key(0), **{**FIT, **kwargs})
+
+
+def test_bfloat16_hyperparameters_are_numbers():
+    from fjdl import losses, nn
+
+    half = jnp.bfloat16(0.5)
+    assert nn.dropout(jax.random.key(0), jnp.ones(8, jnp.bfloat16), half).dtype == jnp.bfloat16
+    opt = optim.adam(jnp.bfloat16(1e-3))
+    updates, _ = opt.update({"w": jnp.ones(2)}, opt.init({"w": jnp.ones(2)}))
+    assert np.all(np.isfinite(updates["w"]))
+    params = ({"W": jnp.ones((2, 2))},)
+    j = losses.cost(jnp.zeros(2), jnp.ones(2), params, lambd=jnp.bfloat16(0.1))
+    assert np.isfinite(float(j))
+    with pytest.raises(TypeError, match="lambd must be real"):
+        losses.cost(jnp.zeros(2), jnp.ones(2), params, lambd=jnp.complex64(0.1))
