@@ -6,6 +6,13 @@ Every function is pure: data in, new data out. Modules import downward: ``nn``, 
 the test dependencies.
 """
 
+from importlib import metadata as _metadata
+
+try:  # defined once, in pyproject.toml; an installed (or editable) fjdl carries it
+    __version__ = _metadata.version("fjdl")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
+
 from fjdl import (
     batchnorm,
     checkpoint,
@@ -24,8 +31,6 @@ from fjdl import (
     tune,
 )
 from fjdl.model import MLP
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MLP",

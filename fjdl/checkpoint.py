@@ -151,9 +151,17 @@ def _fsync_directory(directory: str) -> None:
 def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) -> None:
     """Write ``tree`` to the single file ``path``, atomically.
 
-    The file is written under a temporary name in the same directory (``.<name>.<random>.tmp``),
-    flushed to disk, then renamed over ``path`` with ``os.replace``: readers see the old checkpoint
-    or the new one, never a partial file, and a failure leaves an existing checkpoint untouched.
+    The file is written under a temporary name in the same directory (``.<name>.<random>.tmp``,
+    ``<random>`` being 16 hex digits), flushed to disk, then renamed over ``path`` with
+    ``os.replace``: readers see the old checkpoint or the new one, never a partial file, and a
+    failure leaves an existing checkpoint untouched.
+
+    A save that is killed outright (``SIGKILL``, a power cut) cannot remove its temporary, which
+    may be as large as the checkpoint. So each save first removes the stale temporaries of the same
+    target: the files of the directory named exactly ``.<name>.<16 hex digits>.tmp``, except any
+    written to in the last 60 seconds, which may belong to a concurrent save of the same target
+    that is still writing (removing it would make that save fail). Other files are never touched;
+    a temporary that cannot be removed is left, and the save goes on.
 
     Args:
       path: the file to write, used exactly as given (unlike ``np.savez``, no ``.npz`` suffix is
@@ -199,9 +207,28 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
     arrays[_STRUCTURE] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    name = os.path.basename(path)
+    tmp_name = f".{name}.{secrets.token_hex(8)}.tmp"
+    tmp = os.path.join(directory, tmp_name)
     try:
         with open(tmp, "xb") as f:
+            # Remove the stale temporaries of this target (see above). "Now" is the time of our
+            # own new file: the file system's clock, which may differ from this machine's.
+            now, stale_after_s = os.fstat(f.fileno()).st_mtime, 60.0
+            with contextlib.suppress(OSError), os.scandir(directory) as entries:
+                for entry in entries:
+                    token = entry.name[len(name) + 2 : -len(".tmp")]
+                    if (
+                        entry.name != f".{name}.{token}.tmp"
+                        or len(token) != 16
+                        or any(c not in "0123456789abcdef" for c in token)
+                        or entry.name == tmp_name
+                    ):
+                        continue
+                    with contextlib.suppress(OSError):  # gone already, or not ours to remove
+                        age = now - entry.stat(follow_symlinks=False).st_mtime
+                        if entry.is_file(follow_symlinks=False) and age > stale_after_s:
+                            os.unlink(entry.path)
             np.savez(f, allow_pickle=False, **arrays)
             f.flush()
             os.fsync(f.fileno())

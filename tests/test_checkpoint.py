@@ -598,3 +598,76 @@ def test_load_model_refusals(tmp_path):
         checkpoint.save_model(
             path, config, *init(jax.random.key(0), config), metadata={"fjdl_model": 1}
         )
+
+
+def test_save_removes_stale_temporaries_of_its_target_and_nothing_else(tmp_path):
+    """A save killed by SIGKILL leaves ``.<name>.<16 hex digits>.tmp`` behind: the next save of
+    the same target removes it; other files, and temporaries a concurrent save may still be
+    writing (touched in the last minute), are left alone."""
+    import time
+
+    hour_ago = time.time() - 3600
+    stale = [tmp_path / f".ckpt.npz.{h}.tmp" for h in ("0123456789abcdef", "ffffffffffffffff")]
+    others = [
+        tmp_path / ".other.npz.0123456789abcdef.tmp",  # another target's
+        tmp_path / ".ckpt.npz.0123456789abcdef0.tmp",  # 17 digits
+        tmp_path / ".ckpt.npz.0123456789ABCDEF.tmp",  # not what token_hex writes
+        tmp_path / ".ckpt.npz.0123456789abcdeg.tmp",  # not hex
+        tmp_path / ".ckpt.npz.0123456789abcdef.tmp.bak",
+        tmp_path / "ckpt.npz.0123456789abcdef.tmp",  # not hidden
+        tmp_path / ".ckpt.0123456789abcdef.tmp",  # the temporary of a target named "ckpt"
+        tmp_path / "notes.txt",
+    ]
+    for p in stale + others:
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (hour_ago, hour_ago))
+    young = tmp_path / ".ckpt.npz.aaaaaaaaaaaaaaaa.tmp"  # a concurrent save, still writing
+    young.write_bytes(b"x" * 1000)
+    folder = tmp_path / ".ckpt.npz.bbbbbbbbbbbbbbbb.tmp"  # named like one, but a directory
+    folder.mkdir()
+    os.utime(folder, (hour_ago, hour_ago))
+    link = tmp_path / ".ckpt.npz.cccccccccccccccc.tmp"  # and a link to someone's file
+    link.symlink_to(tmp_path / "notes.txt")
+    os.utime(link, (hour_ago, hour_ago), follow_symlinks=False)
+
+    checkpoint.save(tmp_path / "ckpt.npz", {"W": jnp.ones(3)})
+
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"x" * 1000 for p in others)
+    assert young.exists() and folder.is_dir() and link.is_symlink()
+    expected = ["ckpt.npz", young.name, folder.name, link.name, *(p.name for p in others)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected)
+    restored = checkpoint.restore(tmp_path / "ckpt.npz", like={"W": jnp.zeros(3)})
+    assert restored["W"].tolist() == [1, 1, 1]
+
+
+def test_save_removes_the_temporary_a_killed_save_left(tmp_path):
+    """End to end: a save killed with SIGKILL while writing leaves its temporary; the next save of
+    the same target (once the temporary is a minute old) removes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "big.npz"
+    script = (
+        "import numpy as np, sys\n"
+        "from fjdl import checkpoint\n"
+        "np.savez = lambda f, **kw: (f.write(b'x' * 4096), f.flush(), print('writing', flush=True),"
+        " __import__('time').sleep(60))\n"
+        f"checkpoint.save({str(target)!r}, {{'W': np.ones(3)}})\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline() == b"writing\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".big.npz.")]
+    assert left.stat().st_size == 4096 and not target.exists()
+    hour_ago = time.time() - 3600
+    os.utime(left, (hour_ago, hour_ago))
+    checkpoint.save(target, {"W": np.ones(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npz"]

@@ -106,13 +106,42 @@ def test_tune_with_flags(tmp_path, capsys):
         (["tune", "--dataset", "mnist"], "--dataset"),
         (["tune", "--hidden", "4,b"], "--hidden"),
         (["tune", "--lr-min", "0"], "--lr-min"),
-        (["tune", "--lr-min", "0.5", "--lr-max", "0.1", "--no-plot"], "--lr-min must be <"),
+        (["tune", "--lr-max", "inf"], "--lr-max"),
+        (["tune", "--lr-min", "0.5", "--lr-max", "0.1"], "--lr-min must be <"),
+        (["tune", "--top", "0"], "--top"),
+        (["tune", "--batch-size", "-1"], "--batch-size"),
+        (["tune", "--n-samples", "4"], "--n-samples"),
+        (["tune", "--seed", "1.5"], "--seed"),
+        (["tune", "--full-batch", "--batch-size", "8"], "--batch-size has no effect"),
+        (["tune", "--dataset", "digits", "--n-samples", "50"], "--n-samples has no effect"),
+        (["tune", "--no-plot", "--plot", "x.png"], "--plot has no effect"),
+        (["tune", "--plot", "/nonexistent/dir/x.png"], "--plot"),
+        (["tune", "--trial", "3"], "unrecognized arguments: --trial"),
         (["tune", "--bogus"], "unrecognized"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(args, needle, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        raise SystemExit(cli.main(args))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
+    """Refused before any work: nothing on stdout, one line on stderr naming the flag."""
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert captured.out == ""
+
+
+def test_a_batch_larger_than_the_training_set_is_reported_as_full_batch(capsys):
+    args = ["tune", "--n-samples", "100", "--batch-size", "1000", "--trials", "2", "--rounds", "1"]
+    assert cli.main([*args, "--epochs", "2", "--hidden", "3", "--no-plot", "--no-progress"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "adam, full batch" in header and "1000" not in header
+
+
+def test_a_search_whose_trials_all_diverge_says_so_and_exits_1(capsys):
+    args = ["tune", "--lr-min", "1e8", "--lr-max", "1e9", "--optimizer", "gd", "--full-batch"]
+    args += ["--trials", "2", "--rounds", "1", "--epochs", "5", "--hidden", "8,8,8,8"]
+    assert cli.main([*args, "--n-samples", "100", "--no-plot", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1  # the header, no table and no "best"
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "all 2 trials diverged" in err and "--lr-max" in err
