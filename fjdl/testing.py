@@ -1,4 +1,5 @@
-"""Helpers for users' tests: a gradient assertion and hypothesis strategies for small MLPs.
+"""Helpers for users' tests: a gradient assertion, hypothesis strategies for small MLPs, and a
+reference convnet of the model protocol (:class:`ConvNet`).
 
 ``hypothesis`` is a test dependency, not one of fjdl's: this module imports it, and ``import fjdl``
 does not import this module. Import it yourself::
@@ -24,14 +25,16 @@ Example, a property test of your own backprop::
       testing.assert_gradients_match(J, params, my_backprop(config, params, X, Y))
 """
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
-from fjdl import _checks, gradcheck, model, nn
-from fjdl._types import Params
+from fjdl import _checks, batchnorm, gradcheck, initializers, model, nn
+from fjdl._types import Params, PRNGKey, State
 
 
 def assert_gradients_match(
@@ -261,3 +264,171 @@ def _datasets(draw, config, min_examples, max_examples, dtype):
     else:
         Y = rng.standard_normal(label_shape).astype(dtype)
     return X, Y
+
+
+# ------------------------------------------------------------------------------------------------
+# A reference convnet of the model protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNet:
+    """A small convnet of the model protocol, for tests, benchmarks and property tests.
+
+    For each entry of ``channels``, a 3x3 convolution (``'SAME'`` padding, stride 1, no bias: batch
+    norm's mean subtraction cancels it), batch norm and ReLU; then global average pooling, dropout
+    (when training with ``keep_prob < 1``) and a dense layer to ``n_classes`` logits:
+
+    .. math::
+      z^{[l]} = a^{[l-1]} * W^{[l]}, \\quad
+      a^{[l]} = \\mathrm{relu}(\\mathrm{BN}_{\\gamma^{[l]}, \\beta^{[l]}}(z^{[l]})), \\quad
+      \\text{logits} = \\mathrm{dropout}(\\mathrm{mean}_{h, w}\\, a^{[L]}) \\, W + b
+
+    Batch norm's statistics are per channel, over the examples and every position (``(m, H, W)``).
+    Images are batch first with channels last, ``x`` of shape ``(m, H, W, in_channels)`` (NHWC);
+    kernels are ``(3, 3, n_in, n_out)`` (HWIO), the kernel layout of the design notes.
+
+    Parameters: ``{"conv1": {"W", "gamma", "beta"}, ..., "dense": {"W", "b"}}``; state (running
+    statistics, mean 0 and variance 1 at init): ``{"conv1": {"mean", "var"}, ...}``. With the
+    defaults, ``(16, 32)`` channels and 10 classes on one input channel, 5,178 parameters:
+    144 + 32 + 4,608 + 64 + 330.
+
+    Attributes:
+      channels: output channels of each convolution.
+      n_classes: logits out.
+      in_channels: channels of the input images.
+      keep_prob: dropout keep probability before the dense layer, when training (1: no dropout).
+      bn_momentum: weight of the old running average (see :func:`fjdl.batchnorm.update_running`).
+      bn_eps: batch norm's epsilon.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> net = ConvNet()
+      >>> params, state = net.init(jax.random.key(0))
+      >>> sum(p.size for p in jax.tree.leaves(params))
+      5178
+      >>> x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+      >>> logits, new_state = net.apply(params, state, x, train=True)
+      >>> logits.shape, new_state["conv2"]["mean"].shape
+      ((4, 10), (32,))
+    """
+
+    channels: tuple[int, ...] = (16, 32)
+    n_classes: int = 10
+    in_channels: int = 1
+    keep_prob: float = 1.0
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+
+    def __post_init__(self):
+        if isinstance(self.channels, int) or not all(
+            isinstance(c, int | np.integer) for c in self.channels
+        ):
+            raise TypeError(f"channels must be a tuple of ints, got {self.channels!r}")
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if not self.channels:
+            raise ValueError("channels must name at least one convolution, got ()")
+        for i, c in enumerate(self.channels):
+            _checks.check_positive_int(f"channels[{i}]", c)
+        _checks.check_positive_int("n_classes", self.n_classes)
+        _checks.check_positive_int("in_channels", self.in_channels)
+        _checks.check_keep_prob("keep_prob", self.keep_prob)
+        _checks.check_unit_interval("bn_momentum", self.bn_momentum)
+        _checks.check_positive("bn_eps", self.bn_eps)
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """``("conv1", ..., "dense")``: the keys of the parameters."""
+        return (*(f"conv{i + 1}" for i in range(len(self.channels))), "dense")
+
+    def init(self, key: PRNGKey, *, dtype=jnp.float32) -> tuple[Params, State]:
+        """He-initialized kernels (std ``sqrt(2 / fan_in)``, fan-in ``3 * 3 * n_in``), ``gamma``
+        1, ``beta`` and ``b`` 0; running mean 0, variance 1. One key per layer."""
+        keys = jax.random.split(key, len(self.channels) + 1)
+        params, state = {}, {}
+        n_in = self.in_channels
+        for name, k, n_out in zip(self.layer_names, keys, self.channels):
+            params[name] = {
+                "W": initializers.he(k, (3, 3, n_in, n_out), dtype),
+                "gamma": jnp.ones((n_out,), dtype),
+                "beta": jnp.zeros((n_out,), dtype),
+            }
+            state[name] = batchnorm.init_running(n_out, dtype)
+            n_in = n_out
+        params["dense"] = {
+            "W": initializers.he(keys[-1], (n_in, self.n_classes), dtype),
+            "b": jnp.zeros((self.n_classes,), dtype),
+        }
+        return params, state
+
+    def apply(
+        self,
+        params: Params,
+        state: State,
+        x: jax.typing.ArrayLike,
+        *,
+        key: PRNGKey | None = None,
+        train: bool = False,
+    ) -> tuple[jax.Array, State]:
+        """Logits ``(m, n_classes)`` of images ``x`` ``(m, H, W, in_channels)``, and the new state
+        (running statistics updated when ``train``; unchanged otherwise)."""
+        x = jnp.asarray(x)
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"x must have shape (m, H, W, {self.in_channels}) (NHWC), got {x.shape}"
+            )
+        dtype = params["dense"]["W"].dtype
+        a, new_state = x.astype(dtype), {}
+        for name in self.layer_names[:-1]:
+            layer = params[name]
+            z = jax.lax.conv_general_dilated(
+                a, layer["W"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            z, new_state[name] = self._batchnorm(z, layer, state[name], train)
+            a = nn.relu(z)
+        pooled = jnp.mean(a, axis=(1, 2))
+        if train and self.keep_prob < 1:
+            if key is None:
+                raise ValueError(
+                    f"ConvNet.apply with train=True and keep_prob={self.keep_prob} needs a key "
+                    "for dropout: pass key=jax.random.key(...)"
+                )
+            pooled = nn.dropout(key, pooled, self.keep_prob)
+        return pooled @ params["dense"]["W"] + params["dense"]["b"], new_state
+
+    def _batchnorm(self, z, layer, running, train):
+        """Per-channel statistics over the examples and every position (``(m, H, W)``)."""
+        if train:
+            out, stats = batchnorm.normalize_train(z, layer["gamma"], layer["beta"], self.bn_eps)
+            return out, batchnorm.update_running(running, stats, self.bn_momentum)
+        out = batchnorm.normalize_eval(z, layer["gamma"], layer["beta"], running, self.bn_eps)
+        return out, running
+
+
+def convnets(
+    *, max_layers: int = 2, max_channels: int = 4, max_classes: int = 4, dropout: bool = False
+) -> st.SearchStrategy:
+    """Strategy: small :class:`ConvNet` configs, for property tests of code that takes any model.
+
+    Args:
+      max_layers: 1 to this many convolutions.
+      max_channels: 1 to this many channels per convolution (and 1 or 2 input channels).
+      max_classes: 2 to this many classes.
+      dropout: when ``True``, draw a ``keep_prob`` in [0.5, 1]; else 1 (no dropout).
+
+    Example:
+      >>> from hypothesis import given
+      >>> @given(convnets(max_layers=1))
+      ... def test(net):
+      ...     assert len(net.channels) == 1 and hash(net) == hash(ConvNet(**vars(net)))
+      >>> test()
+    """
+    for name, value in (("max_layers", max_layers), ("max_channels", max_channels)):
+        _checks.check_positive_int(name, value)
+    _checks.check_positive_int("max_classes", max_classes)
+    return st.builds(
+        ConvNet,
+        channels=st.lists(st.integers(1, max_channels), min_size=1, max_size=max_layers).map(tuple),
+        n_classes=st.integers(2, max(2, max_classes)),
+        in_channels=st.integers(1, 2),
+        keep_prob=st.floats(0.5, 1.0) if dropout else st.just(1.0),
+    )

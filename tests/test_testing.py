@@ -1,5 +1,6 @@
-"""fjdl.testing: the gradient assertion and the hypothesis strategies."""
+"""fjdl.testing: the gradient assertion, the hypothesis strategies and the reference convnet."""
 
+import functools
 import subprocess
 import sys
 
@@ -138,3 +139,85 @@ def test_strategies_validate_their_arguments_eagerly():
         testing.mlp_configs(max_width=0)
     with pytest.raises(ValueError, match="min_examples"):
         testing.datasets(model.MLP((2, 1)), min_examples=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference convnet
+
+
+def test_convnet_shapes_and_parameter_count():
+    net = testing.ConvNet()
+    params, state = net.init(jax.random.key(0))
+    assert sum(p.size for p in jax.tree.leaves(params)) == 5178  # 144 + 32 + 4,608 + 64 + 330
+    assert params["conv1"]["W"].shape == (3, 3, 1, 16) and params["conv2"]["W"].shape == (
+        3,
+        3,
+        16,
+        32,
+    )
+    assert params["dense"]["W"].shape == (32, 10) and params["dense"]["b"].shape == (10,)
+    assert set(state) == {"conv1", "conv2"} and state["conv2"]["var"].shape == (32,)
+    assert all(w.ndim >= 2 for name in net.layer_names for k, w in params[name].items() if k == "W")
+    # He: std sqrt(2 / fan_in), fan_in = 3 * 3 * 16 for conv2.
+    assert float(jnp.std(params["conv2"]["W"])) == pytest.approx(np.sqrt(2 / 144), rel=0.1)
+    x = jax.random.normal(jax.random.key(1), (5, 8, 8, 1))
+    logits, new_state = net.apply(params, state, x)
+    assert logits.shape == (5, 10) and logits.dtype == jnp.float32
+    assert hash(net) == hash(testing.ConvNet()) and net == testing.ConvNet()
+    with jax.enable_x64(True):
+        p64, s64 = net.init(jax.random.key(0), dtype=jnp.float64)
+        assert net.apply(p64, s64, x.astype(jnp.float64))[0].dtype == jnp.float64
+
+
+def test_convnet_train_uses_batch_statistics_and_updates_the_running_ones():
+    net = testing.ConvNet(channels=(3, 4), n_classes=2, in_channels=2, bn_momentum=0.5)
+    params, state = net.init(jax.random.key(0))
+    x = 3.0 + jax.random.normal(jax.random.key(1), (6, 5, 7, 2))
+    train_out, new_state = net.apply(params, state, x, train=True)
+    eval_out, same_state = net.apply(params, state, x)
+    assert not np.allclose(train_out, eval_out)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), same_state, state))
+    conv = functools.partial(
+        jax.lax.conv_general_dilated,
+        window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+    # Running mean: 0.5 * 0 + 0.5 * (mean of conv1's output over examples and positions).
+    z = conv(x, params["conv1"]["W"])
+    np.testing.assert_allclose(new_state["conv1"]["mean"], 0.5 * z.mean(axis=(0, 1, 2)), rtol=1e-5)
+    # With running statistics equal to this batch's, eval mode gives the training output.
+    stats = {"conv1": {"mean": z.mean(axis=(0, 1, 2)), "var": z.var(axis=(0, 1, 2))}}
+    a1 = jax.nn.relu((z - stats["conv1"]["mean"]) / jnp.sqrt(stats["conv1"]["var"] + net.bn_eps))
+    z2 = conv(a1, params["conv2"]["W"])
+    stats["conv2"] = {"mean": z2.mean(axis=(0, 1, 2)), "var": z2.var(axis=(0, 1, 2))}
+    np.testing.assert_allclose(net.apply(params, stats, x)[0], train_out, rtol=1e-4, atol=1e-5)
+
+
+def test_convnet_dropout_is_keyed_and_only_in_training():
+    net = testing.ConvNet(channels=(2,), n_classes=3, keep_prob=0.5)
+    params, state = net.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (8, 4, 4, 1))
+    with pytest.raises(ValueError, match="key"):
+        net.apply(params, state, x, train=True)
+    a, _ = net.apply(params, state, x, key=jax.random.key(2), train=True)
+    b, _ = net.apply(params, state, x, key=jax.random.key(2), train=True)
+    c, _ = net.apply(params, state, x, key=jax.random.key(3), train=True)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    # Eval mode: no dropout, no key needed, the key ignored.
+    np.testing.assert_array_equal(
+        net.apply(params, state, x)[0], net.apply(params, state, x, key=jax.random.key(4))[0]
+    )
+
+
+def test_convnet_validates():
+    with pytest.raises(TypeError, match="channels"):
+        testing.ConvNet(channels=16)
+    with pytest.raises(ValueError, match="channels"):
+        testing.ConvNet(channels=())
+    with pytest.raises(ValueError, match="keep_prob"):
+        testing.ConvNet(keep_prob=0.0)
+    net = testing.ConvNet()
+    params, state = net.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"\(m, H, W, 1\)"):
+        net.apply(params, state, jnp.ones((2, 64)))
+    model.check_model(net)  # the model protocol
