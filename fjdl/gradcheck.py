@@ -249,16 +249,15 @@ def _leaf_groups(leaves):
     return [[i] for i in alone] + ([rest] if rest else [])
 
 
-def _group_values(f, leaves, treedef, group, epsilon, chunk_size, per_coordinate, index=None):
-    """``(J(theta + eps e_c), J(theta - eps e_c))`` for the coordinates ``c`` of the leaves in
-    ``group``, numbered as one vector (all of them, or those in ``index``); the other leaves stay.
+def _group_values(f, leaves, treedef, group, epsilon, chunk_size, per_coordinate, index):
+    """``(J(theta + eps e_c), J(theta - eps e_c))`` for the coordinates ``c`` in ``index`` of the
+    leaves in ``group``, numbered as one vector; the other leaves stay.
 
-    Both signs go through one more ``vmap``, so the compiled program holds one copy of ``f`` per
-    group.
+    Both signs go through one more ``vmap``, so the compiled program holds one copy of ``f``.
     """
     sizes = [leaves[i].size for i in group]
     offsets = np.cumsum([0, *sizes])
-    n = int(offsets[-1]) if index is None else len(index)
+    n = len(index)
     widest = max((leaves[i].dtype for i in group), key=lambda d: d.itemsize)
     signs = jnp.array([1.0, -1.0], widest)
 
@@ -279,7 +278,7 @@ def _group_values(f, leaves, treedef, group, epsilon, chunk_size, per_coordinate
         return values[0], values[1]
 
     chunk = _chunk(chunk_size, n, 2 * per_coordinate + 2 * sum(sizes))
-    return _map_chunks(both, int(offsets[-1]) if index is None else index, chunk)
+    return _map_chunks(both, index, chunk)
 
 
 def _perturbed_values(f, leaves, treedef, epsilon, chunk_size, per_coordinate, picks=None):
@@ -321,8 +320,10 @@ def _run(fn, args, index):
 
     JAX shows a CPU as one device, and one evaluation of a small model runs mostly on one core:
     the parts of the same compiled program run concurrently from threads (as
-    :func:`fjdl.tune.train_many` does). On 2 cores the 5,178-parameter convnet's check went from
-    8.8 s to 5.3 s in train mode (chunks of 4 coordinates).
+    :func:`fjdl.tune.train_many` does). On 2 cores, the 4,608 coordinates of the 5,178-parameter
+    convnet's second kernel took 8.8 s in train mode from one thread, 5.3 s from two (chunks of
+    4 coordinates; from one thread, larger chunks use the second core inside XLA, less well: 7.8 s
+    at best).
     """
     index = np.asarray(index, np.int32)
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
@@ -504,7 +505,7 @@ class LeafDifference:
     difference: float
     analytic_norm: float
     numerical_norm: float
-    n_checked: int = -1
+    n_checked: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -567,6 +568,7 @@ class GradCheckResult:
         the mean of two slopes there, which no backprop computes); NaN where a sampled check did
         not look.
       n_checked: coordinates compared (``n_params`` unless sampled).
+      sampled: whether only some coordinates, or random directions, were checked.
       directions: the :class:`Direction` s of a sampled check.
       direction_difference: the relative difference over the directional derivatives (``None``
         without directions).
@@ -583,14 +585,15 @@ class GradCheckResult:
     n_params: int
     analytic: Params = dataclasses.field(repr=False, compare=False)
     numerical: Params = dataclasses.field(repr=False, compare=False)
-    n_checked: int = -1
+    n_checked: int | None = None
     directions: tuple[Direction, ...] = ()
     direction_difference: float | None = None
 
     @property
     def sampled(self) -> bool:
         """Whether only some coordinates, or random directions, were checked."""
-        return self.n_checked != self.n_params or bool(self.directions)
+        partial = self.n_checked is not None and self.n_checked != self.n_params
+        return partial or bool(self.directions)
 
     @property
     def worst_leaves(self) -> tuple[LeafDifference, ...]:
@@ -651,14 +654,11 @@ def _nan_last(x):
 
 
 def _np_relative_difference(a, b, weights=None) -> float:
-    """:func:`relative_difference` on the host in float64, whatever the x64 mode; ``weights``
-    scale each pair's sums of squares."""
+    """:func:`relative_difference` on the host in float64, whatever the x64 mode, over lists of
+    arrays; ``weights`` scale each pair's sums of squares."""
     weights = [1.0] * len(a) if weights is None else weights
-    sums = [
-        sum(w * float(np.sum(np.square(v))) for w, v in zip(weights, vs))
-        for vs in ([x - y for x, y in zip(a, b)], a, b)
-    ]
-    num, den = math.sqrt(sums[0]), math.sqrt(sums[1]) + math.sqrt(sums[2])
+    num = _weighted_norm([x - y for x, y in zip(a, b)], weights)
+    den = _weighted_norm(a, weights) + _weighted_norm(b, weights)
     return num / den if den > 0 else (0.0 if num == 0 else math.nan)
 
 
@@ -695,7 +695,7 @@ def _build_result(
     n_checked = int(sum(c.size for c in checked))
     # Each leaf's sample stands for the whole leaf: its sums of squares count size / sampled.
     weights = [a.size / max(c.size, 1) for a, c in zip(analytic, checked)]
-    leaves, coords = [], []
+    leaves, coords, estimates = [], [], []
     if n_checked:
         for name, a, n, c in zip(names, a_seen, n_seen, checked):
             leaves.append(
@@ -704,20 +704,13 @@ def _build_result(
                     float(np.linalg.norm(n)), int(c.size),
                 )
             )  # fmt: skip
-        for name, full, a, n, c in zip(names, analytic, a_seen, n_seen, checked):
-            abs_diff = np.abs(a - n)
-            abs_diff = np.where(np.isnan(abs_diff), np.inf, abs_diff)
-            for i in np.argsort(-abs_diff, kind="stable")[:top_k]:
-                idx = tuple(int(v) for v in np.unravel_index(c[i], full.shape))
-                coords.append(Coordinate(name, idx, float(a[i]), float(n[i]), float(abs_diff[i])))
-        coords.sort(key=lambda c: -c.abs_difference)
-    kinks = []
-    for name, mask, a in zip(names, kink_masks, analytic):
-        for i in np.flatnonzero(np.asarray(mask).ravel()):
-            kinks.append((name, tuple(int(v) for v in np.unravel_index(i, a.shape))))
-    estimates = []
-    if n_checked:
+        coords = _worst_coordinates(names, analytic, a_seen, n_seen, checked, top_k)
         estimates.append(_np_relative_difference(a_seen, n_seen, weights))
+    kinks = [
+        (name, tuple(int(v) for v in np.unravel_index(i, a.shape)))
+        for name, mask, a in zip(names, kink_masks, analytic)
+        for i in np.flatnonzero(np.asarray(mask).ravel())
+    ]
     direction_difference = None
     if len(directions):
         a_dir = np.array([d.analytic for d in directions])
@@ -741,20 +734,10 @@ def _build_result(
         )
     if not np.isfinite(difference):
         warnings.append("the difference is not finite: a gradient or the cost holds NaN or inf.")
-    if rounding is not None and n_checked and verdict_for(difference) != "great":
-        noise = math.sqrt(sum(w * float(np.sum(np.square(r))) for w, r in zip(weights, rounding)))
-        floor = noise / max(
-            sum(math.sqrt(sum(w * float(np.sum(np.square(v))) for w, v in zip(weights, vs)))
-                for vs in (a_seen, n_seen)),
-            math.ulp(0.0),
-        )  # fmt: skip
-        if floor >= difference / 4 and np.dtype(dtype).itemsize >= 8:
-            warnings.append(
-                f"rounding alone (one unit in the last place of J per evaluation, over the step"
-                f" 2 epsilon) accounts for a relative difference of about {floor:.1e}, so this one"
-                f" is no sign of a bug: with {n_params} parameters, the noise of float64 at"
-                f" epsilon {epsilon:g} is near the course's 1e-7."
-            )
+    if rounding is not None and n_checked and np.dtype(dtype).itemsize >= 8:
+        norms = [_weighted_norm(vs, weights) for vs in (rounding, a_seen, n_seen)]
+        floor = norms[0] / max(norms[1] + norms[2], math.ulp(0.0))
+        warnings += _rounding_note(floor, difference, n_params, epsilon)
     return GradCheckResult(
         difference=difference,
         verdict=verdict_for(difference),
@@ -771,6 +754,36 @@ def _build_result(
         directions=tuple(directions),
         direction_difference=direction_difference,
     )
+
+
+def _weighted_norm(vectors, weights) -> float:
+    """``sqrt(sum_l w_l ||v_l||^2)``: a norm over all leaves, each sample standing for its leaf."""
+    return math.sqrt(sum(w * float(np.sum(np.square(v))) for w, v in zip(weights, vectors)))
+
+
+def _worst_coordinates(names, analytic, a_seen, n_seen, checked, top_k):
+    """The ``top_k`` coordinates of each leaf with the largest ``|analytic - numerical|``, merged
+    and sorted, worst first (NaN counts as worst)."""
+    coords = []
+    for name, full, a, n, c in zip(names, analytic, a_seen, n_seen, checked):
+        abs_diff = np.abs(a - n)
+        abs_diff = np.where(np.isnan(abs_diff), np.inf, abs_diff)
+        for i in np.argsort(-abs_diff, kind="stable")[:top_k]:
+            idx = tuple(int(v) for v in np.unravel_index(c[i], full.shape))
+            coords.append(Coordinate(name, idx, float(a[i]), float(n[i]), float(abs_diff[i])))
+    return sorted(coords, key=lambda c: -c.abs_difference)
+
+
+def _rounding_note(floor, difference, n_params, epsilon):
+    """A sentence when rounding alone explains a verdict short of "great"."""
+    if verdict_for(difference) == "great" or not floor * 2 >= difference:
+        return []
+    return [
+        f"rounding alone (one unit in the last place of J per evaluation, over the step 2 epsilon)"
+        f" gives a relative difference of about {floor:.1e} here, over {n_params} parameters: a"
+        f" difference of this size is what a correct gradient shows at epsilon {epsilon:g} (a"
+        f" larger epsilon lowers it, and brings more kinks within reach)."
+    ]
 
 
 def _precision(dtype):
@@ -819,7 +832,9 @@ def _compare(
     bug no larger than ``(1/2 + _ONE_SIDED_MATCH) |F - B|``, which on a smooth coordinate is
     ``eps |J''|``, the error of a one-sided difference itself. ``analytic_up`` and
     ``analytic_down`` (default ``analytic``) are what ``F`` and ``B`` estimate when the two steps
-    differ (a direction's rounded steps).
+    differ (a direction's rounded steps). The rounding allowance is in units of ``|J|``: a ``J``
+    that is a small difference of large terms (rare for a cost, a sum of positive terms) may show
+    a few kinks that are rounding; the values compared there stay within rounding of each other.
     """
     a_up = analytic if analytic_up is None else analytic_up
     a_down = analytic if analytic_down is None else analytic_down

@@ -788,3 +788,17 @@ def test_any_model_gradients_match_numerical_gradient(net, data):
         Y = rng.integers(0, net.n_classes, 6).astype(np.int32)
         result = gradcheck.check_model(net, params, state, X, Y, train=train)
     assert result.verdict in ("great", "fine"), str(result)
+
+
+def test_rounding_is_named_when_it_explains_the_verdict():
+    # J ~ 1e4 with derivatives ~1e-3: one unit in the last place of J (2e-12) over 2e-7 is ~1e-5
+    # per coordinate, so a correct gradient gets a poor verdict from rounding alone, and says so.
+    with jax.enable_x64(True):
+        theta = jnp.linspace(-1.0, 1.0, 100, dtype=jnp.float64)
+        f = lambda t: 1e4 + 1e-3 * jnp.sum(jnp.sin(t))  # noqa: E731
+        noisy = gradcheck.check(f, theta)
+        wrong = gradcheck.check(f, theta, (1e-3 * jnp.cos(theta)).at[7].multiply(10.0))
+        smooth = gradcheck.check(lambda t: jnp.sum(jnp.cos(t)), theta)
+    assert noisy.verdict != "great" and any("rounding alone" in w for w in noisy.warnings)
+    assert wrong.verdict == "bug" and not any("rounding alone" in w for w in wrong.warnings)
+    assert smooth.verdict == "great" and smooth.warnings == ()
