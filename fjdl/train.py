@@ -165,7 +165,9 @@ def make_optimizer_hyperparams(dtype=jnp.float32, **values) -> OptimizerHyperpar
 @dataclasses.dataclass(frozen=True)
 class _Named:
     """An optimizer of :mod:`fjdl.optim` given by name: built inside the compiled loop from the
-    arrays of an :class:`OptimizerHyperparams` (so new betas or epsilon do not recompile)."""
+    arrays of an :class:`OptimizerHyperparams` (so new betas or epsilon do not recompile), or of
+    any tuple with the same ``beta``, ``beta1``, ``beta2`` and ``epsilon`` fields (``train_many``'s
+    per-model ones)."""
 
     name: str
 
@@ -297,7 +299,7 @@ def init_state(
             model_lib.check_params(config, params)
             params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
         else:
-            _check_like("params", params, fresh_params)
+            optim.check_like("params", params, fresh_params, "the model's init")
             params = jax.tree.map(lambda a, f: jnp.asarray(a, f.dtype), params, fresh_params)
     else:
         params = fresh_params
@@ -309,15 +311,6 @@ def init_state(
     opt = _resolve_optimizer(optimizer)(learning_rate)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(params, model_state, opt.init(params), zero, zero, run_key)
-
-
-def _check_like(name: str, tree, like) -> None:
-    """Raise a ``ValueError`` naming the first leaf of ``tree`` whose place or shape differs."""
-    got, want = jax.tree.structure(tree), jax.tree.structure(like)
-    if got != want:
-        raise ValueError(f"{name} must have the model's structure {want}, got {got}")
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(like)):
-        _checks.check_shape(f"{name}{jax.tree_util.keystr(path)}", a, tuple(np.shape(b)))
 
 
 def _forward(config: Model, params, model_state, hp: Hyperparams, x, *, key=None, train=False):

@@ -626,14 +626,8 @@ def _lr_of_epoch(ohp: OptHyperparams, epoch, decayed: bool, decay_interval: int)
 
 def _build_optimizer(optimizer, ohp: OptHyperparams, learning_rate):
     """One model's optimizer, built (inside ``vmap``) from its own hyperparameter arrays."""
-    if optimizer == "gd":
-        return optim.gd(learning_rate)
-    if optimizer == "momentum":
-        return optim.momentum(learning_rate, beta=ohp.beta)
-    if optimizer == "rmsprop":
-        return optim.rmsprop(learning_rate, beta=ohp.beta, epsilon=ohp.epsilon)
-    if optimizer == "adam":
-        return optim.adam(learning_rate, beta1=ohp.beta1, beta2=ohp.beta2, epsilon=ohp.epsilon)
+    if isinstance(optimizer, str):  # the same construction as fit's, from ohp's betas and epsilon
+        return train._Named(optimizer)(learning_rate, ohp)
     return optimizer(learning_rate)  # a factory learning_rate -> GradientTransformation
 
 
