@@ -6,17 +6,19 @@ traced program already checked what it could).
 """
 
 import numbers
+from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 
-def is_concrete(x) -> bool:
+def is_concrete(x: object) -> bool:
     """True when ``x`` holds a value that can be inspected now (not a tracer)."""
     return not isinstance(x, jax.core.Tracer)
 
 
-def _concrete_values(x):
+def _concrete_values(x: object) -> np.ndarray | None:
     if not is_concrete(x):
         return None
     if isinstance(x, numbers.Number):
@@ -27,7 +29,15 @@ def _concrete_values(x):
         return None
 
 
-def check_real(name: str, value) -> None:
+def host_value(x: object) -> np.ndarray:
+    """``np.asarray(x)``, also for an array sharded over the devices of several processes
+    (``jax.distributed``), which every process then gathers whole (a collective: all call it)."""
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def check_real(name: str, value: object) -> None:
     """Raise ``TypeError`` unless ``value`` is a real number or a numeric array."""
     if isinstance(value, bool) or value is None:
         raise TypeError(f"{name} must be a real number, got {value!r}")
@@ -41,14 +51,14 @@ def check_real(name: str, value) -> None:
     raise TypeError(f"{name} must be a real number or numeric array, got {type(value).__name__}")
 
 
-def check_finite(name: str, value) -> None:
+def check_finite(name: str, value: object) -> None:
     check_real(name, value)
     v = _concrete_values(value)
     if v is not None and not np.all(np.isfinite(v)):
         raise ValueError(f"{name} must be finite, got {value!r}")
 
 
-def check_nonnegative(name: str, value) -> None:
+def check_nonnegative(name: str, value: object) -> None:
     """``value >= 0`` (a learning rate, lambd, a decay rate)."""
     check_finite(name, value)
     v = _concrete_values(value)
@@ -56,14 +66,16 @@ def check_nonnegative(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def check_positive(name: str, value) -> None:
+def check_positive(name: str, value: object) -> None:
     check_finite(name, value)
     v = _concrete_values(value)
     if v is not None and np.any(v <= 0):
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
-def check_unit_interval(name: str, value, *, low_open=False, high_open=True) -> None:
+def check_unit_interval(
+    name: str, value: object, *, low_open: bool = False, high_open: bool = True
+) -> None:
     """``value`` in [0, 1) by default (a beta); the bounds' openness is selectable."""
     check_finite(name, value)
     v = _concrete_values(value)
@@ -76,19 +88,19 @@ def check_unit_interval(name: str, value, *, low_open=False, high_open=True) -> 
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
 
 
-def check_keep_prob(name: str, value) -> None:
+def check_keep_prob(name: str, value: object) -> None:
     """A dropout keep probability: in (0, 1]."""
     check_unit_interval(name, value, low_open=True, high_open=False)
 
 
-def check_positive_int(name: str, value) -> None:
+def check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def check_shape(name: str, value, shape: tuple) -> None:
+def check_shape(name: str, value: Any, shape: tuple[int | None, ...]) -> None:
     """Check ``value.shape`` against ``shape``; ``None`` in ``shape`` matches any size."""
     got = tuple(np.shape(value))
     if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
@@ -101,7 +113,7 @@ def check_shape(name: str, value, shape: tuple) -> None:
         raise ValueError(f"{name} must have shape {want}, got {got}")
 
 
-def check_key(name: str, key):
+def check_key(name: str, key: Any) -> jax.Array:
     """A single PRNG key: a typed key (``jax.random.key``), a raw ``uint32`` key of shape ``(2,)``
     (``jax.random.PRNGKey``), or a Python int, taken as the seed of ``jax.random.key(int)``.
 
@@ -126,12 +138,15 @@ def check_key(name: str, key):
     )
 
 
-def check_all_finite(name: str, x) -> None:
+def check_all_finite(name: str, x: object) -> None:
     """Raise ``ValueError`` naming ``name`` and the first bad position when a concrete array
     holds NaN or Inf (traced arrays pass: they cannot be inspected)."""
     if not is_concrete(x):
         return
-    a = np.asarray(x)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # jax.distributed: test in place
+        if bool(jax.numpy.all(jax.numpy.isfinite(x))):
+            return
+    a = host_value(x)
     if not np.issubdtype(a.dtype, np.inexact):
         try:  # bfloat16 and other ml_dtypes are not numpy inexact types
             a = a.astype(np.float64)

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from fjdl import _checks, batchnorm, initializers, nn
-from fjdl._types import Params, PRNGKey, State
+from fjdl._types import AxisName, DTypeLike, Params, PRNGKey, State
 from fjdl.wrappers import BATCH_AXIS, EquinoxModel, FlaxModel, from_equinox, from_flax
 
 __all__ = [
@@ -126,7 +126,7 @@ class MLP:
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         sizes = tuple(self.sizes) if isinstance(self.sizes, Sequence) else self.sizes
         if not isinstance(sizes, tuple) or len(sizes) < 2:
             raise ValueError(
@@ -197,7 +197,12 @@ class MLP:
         return apply(self, params, state, x, key=key, train=train)
 
 
-def init(key: PRNGKey, config: MLP, scheme="he", dtype=jnp.float32) -> tuple[Params, State]:
+def init(
+    key: PRNGKey,
+    config: MLP,
+    scheme: str | initializers.Initializer = "he",
+    dtype: DTypeLike = jnp.float32,
+) -> tuple[Params, State]:
     """Initial parameters and batch-norm state of ``config``.
 
     Args:
@@ -229,7 +234,8 @@ def init(key: PRNGKey, config: MLP, scheme="he", dtype=jnp.float32) -> tuple[Par
             params.append(
                 {"W": layer["W"], "gamma": jnp.ones((n,), dtype), "beta": jnp.zeros((n,), dtype)}
             )
-            state.append(batchnorm.init_running(n, dtype))
+            # Running statistics in at least float32, whatever the parameters' dtype.
+            state.append(batchnorm.init_running(n, batchnorm._stats_dtype(jnp.dtype(dtype))))
         else:
             params.append(layer)
             state.append({})
@@ -277,8 +283,9 @@ def apply(
     *,
     key: PRNGKey | None = None,
     train: bool = False,
-    axis_name=None,
-    keep_probs=None,
+    axis_name: AxisName | None = None,
+    keep_probs: Sequence[float] | jax.Array | None = None,
+    unit_masks: Sequence[jax.Array] | None = None,
 ) -> tuple[jax.Array, State]:
     """Forward propagation: logits of the output layer, and the new batch-norm state.
 
@@ -295,6 +302,11 @@ def apply(
       keep_probs: optional override of ``config.keep_probs`` with one value per hidden layer, which
         may be a traced array (to change it without recompiling). Only used when the config has
         dropout (``config.keep_probs`` is not ``None``).
+      unit_masks: optional 0/1 masks, one ``(n_l,)`` array per hidden layer, multiplied into that
+        layer's activations: a masked unit outputs 0. A network padded to wider layers, its extra
+        units masked and their weights zero, computes what the narrower network computes, and its
+        extra parameters get zero gradients (:func:`fjdl.tune.train_many` trains models of
+        several widths in one program this way).
 
     Returns:
       ``(logits, new_state)``. Logits have shape ``(m,)`` for a single sigmoid or linear output unit,
@@ -315,6 +327,7 @@ def apply(
         )
     check_params(config, params)
     state = _check_state(config, state)
+    keep: Sequence[float] | jax.Array | None
     if keep_probs is None:
         keep = config.keep_probs
         dropping = train and config.uses_dropout
@@ -324,7 +337,11 @@ def apply(
         _checks.check_shape("keep_probs", keep, (config.n_layers - 1,))
     if dropping and key is None:
         raise ValueError("apply(train=True) with keep_probs < 1 needs a PRNG key: pass key=...")
-    keys = jax.random.split(key, max(config.n_layers - 1, 1)) if dropping else None
+    # ``keys`` is not None exactly when dropping (which needs a key, checked above), and then
+    # neither is ``keep``.
+    keys = None
+    if dropping and key is not None:
+        keys = jax.random.split(key, max(config.n_layers - 1, 1))
     g = nn.ACTIVATIONS[config.activation]
     # Narrow networks run with examples along the last axis inside (the course's layout,
     # h = a^T of shape (n_l, m)): XLA on CPU runs their small products about 2.4x faster so
@@ -353,7 +370,10 @@ def apply(
             new_state.append(state[l])
         if not last:
             h = g(h)
-            if dropping and (keep_probs is not None or keep[l] < 1):
+            if unit_masks is not None:
+                mask = unit_masks[l].astype(h.dtype)
+                h = h * (mask[:, None] if examples_last else mask)
+            if keys is not None and keep is not None and (keep_probs is not None or keep[l] < 1):
                 h = view(nn.dropout(keys[l], view(h), keep[l]))
     logits = view(h)
     if config.output != "softmax" and config.sizes[-1] == 1:
@@ -384,19 +404,27 @@ class FunctionModel:
     apply_fn: Callable[..., tuple[jax.Array, State]]
     name: str = ""
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, FunctionModel) and (
             (self.init_fn, self.apply_fn, self.name) == (other.init_fn, other.apply_fn, other.name)
         )
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((FunctionModel, self.init_fn, self.apply_fn, self.name))
 
     def init(self, key: PRNGKey) -> tuple[Params, State]:
         params, state = self.init_fn(key)
         return params, ({} if state is None else state)
 
-    def apply(self, params, state, x, *, key=None, train=False):
+    def apply(
+        self,
+        params: Params,
+        state: State,
+        x: jax.typing.ArrayLike,
+        *,
+        key: PRNGKey | None = None,
+        train: bool = False,
+    ) -> tuple[jax.Array, State]:
         return self.apply_fn(params, state, x, key=key, train=train)
 
 

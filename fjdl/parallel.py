@@ -16,7 +16,11 @@ Simulated devices: on a machine with one CPU, ``XLA_FLAGS=--xla_force_host_platf
 (set before JAX starts) gives four CPU devices, enough to test that sharded and unsharded runs agree.
 
 Several hosts: call ``jax.distributed.initialize()`` on every host first; ``jax.devices()`` then
-lists the devices of all hosts and the same code runs on each (see the README).
+lists the devices of all hosts and the same code runs on each, on the same data and keys (see the
+README). The placement functions below build each host's shards from the whole value it holds
+(typed PRNG keys included, which ``jax.device_put`` refuses to send to other hosts' devices), and
+:func:`to_host` reads a result sharded over several hosts back on every host.
+``tests/test_multihost.py`` runs two processes joined this way.
 """
 
 from collections.abc import Sequence
@@ -24,13 +28,16 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fjdl import train
 
 MODELS = "models"
+"""The name of the mesh axis that :func:`model_sharding` splits models over."""
 DATA = "data"
+"""The name of the mesh axis that :func:`data_sharding` splits examples over."""
 
 
 def _devices(devices) -> list:
@@ -60,8 +67,82 @@ def data_sharding(devices: Sequence | None = None) -> NamedSharding:
     return NamedSharding(mesh(devices, DATA), P(DATA))
 
 
+def _is_key(a) -> bool:
+    return jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key)
+
+
+def _put_leaf(a, sharding):
+    """One leaf placed with ``sharding``, which may span the devices of several processes."""
+    if sharding.is_fully_addressable:  # this process's devices only: a plain transfer
+        return jax.device_put(a, sharding)
+    if _is_key(a):
+        # JAX refuses to device_put a typed key array to another process's devices; its raw
+        # uint32 data goes through, and the key is wrapped again where it lies.
+        data = _put_leaf(jax.random.key_data(a), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return jax.device_put(a, sharding)  # already global: a reshard over the same devices
+    # Every process holds the whole value (SPMD: the same program on the same data); each builds
+    # the shards of its own devices from it.
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def _put(tree, sharding):
-    return jax.tree.map(lambda a: None if a is None else jax.device_put(a, sharding), tree)
+    return jax.tree.map(lambda a: None if a is None else _put_leaf(a, sharding), tree)
+
+
+def to_host(tree):
+    r"""Every leaf of ``tree`` as a NumPy array holding its whole value, on every process.
+
+    .. math::
+
+      \text{to\_host}(a) = \operatorname{concat}_{d \in \text{devices}(a)} a_d
+
+    where :math:`a_d` is the shard of ``a`` on device :math:`d` (an array replicated over its
+    devices is one shard). On one process this is ``np.asarray`` leaf by leaf. Under
+    ``jax.distributed``, an array sharded over the devices of several processes cannot be read
+    with ``np.asarray`` (JAX raises ``RuntimeError: Fetching value for jax.Array that spans
+    non-addressable devices is not possible``): those leaves are gathered from all the processes
+    with :func:`jax.experimental.multihost_utils.process_allgather`, in one collective.
+
+    .. warning::
+      Under ``jax.distributed`` this is a collective: every process must call it, with a tree of
+      the same structure, shapes and shardings, or the processes wait for each other forever.
+
+    Args:
+      tree: a pytree of arrays (jax or NumPy; ``None`` leaves kept), e.g. a
+        :class:`fjdl.train.History` or a stacked :class:`fjdl.train.TrainState` sharded by
+        :func:`shard_models` or :func:`shard_data`.
+
+    Returns:
+      The same tree with NumPy arrays of the full global shapes. Typed PRNG key leaves (NumPy has
+      no key dtype) come back as key arrays on this process's default device.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> to_host({"W": jnp.ones((2, 3))})["W"].sum()
+      np.float32(6.0)
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    impls = [jax.random.key_impl(a) if _is_key(a) else None for a in leaves]
+    leaves = [jax.random.key_data(a) if impl is not None else a for a, impl in zip(leaves, impls)]
+    # Decided by the sharding, the same on every process for arrays over all of them (as fjdl
+    # places them), so that all take part in the gather.
+    spans = [
+        isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated
+        for a in leaves
+    ]
+    gathered = iter(
+        multihost_utils.process_allgather([a for a, s in zip(leaves, spans) if s], tiled=True)
+        if any(spans)
+        else []
+    )
+    host = [np.asarray(next(gathered) if s else a) for a, s in zip(leaves, spans)]
+    host = [
+        h if impl is None else jax.random.wrap_key_data(h, impl=impl) for h, impl in zip(host, impls)
+    ]
+    return jax.tree.unflatten(treedef, host)
 
 
 def shard_models(tree, devices: Sequence | None = None):
@@ -122,8 +203,12 @@ def fit_data_parallel(
       dev: optional ``(X_dev, Y_dev)``; sharded when its size divides evenly, else replicated.
       **fit_kwargs: any other argument of :func:`fjdl.train.fit`.
 
+    Under ``jax.distributed``, every process calls this with the same ``X``, ``Y``, ``key`` and
+    arguments; ``devices`` (default: all of them) may span the processes.
+
     Returns:
-      The :class:`fjdl.train.FitResult`, its arrays replicated over the devices.
+      The :class:`fjdl.train.FitResult`: its history as NumPy arrays, its state replicated over the
+      devices, so that every process holds all of it.
 
     Example:
       >>> import jax

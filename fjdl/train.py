@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fjdl import _checks, losses, optim, schedules
+from fjdl import _checks, _progress, losses, optim, schedules
 from fjdl import model as model_lib
 from fjdl._types import Params, PRNGKey, State
 from fjdl.model import MLP, Model
@@ -58,6 +58,7 @@ class Hyperparams(NamedTuple):
     lambd: jax.Array
     l1: jax.Array
     keep_probs: jax.Array  # an MLP's (n_hidden,), ones where it has no dropout; (0,) for others
+    unit_masks: Any = None  # an MLP's per-hidden-layer 0/1 masks of its units (shape search)
 
 
 class History(NamedTuple):
@@ -94,6 +95,7 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "rmsprop": optim.rmsprop,
     "adam": optim.adam,
 }
+"""The optimizers :func:`fit` builds by name, each a factory of :mod:`fjdl.optim`."""
 
 
 def make_hyperparams(
@@ -102,9 +104,14 @@ def make_hyperparams(
     """A :class:`Hyperparams` with validated values; ``keep_probs`` defaults to the config's.
 
     ``keep_probs`` is an MLP's (a model of another kind draws its own dropout masks, with the rates
-    it was built with): for any other model it must be ``None``.
+    it was built with): for any other model it must be ``None``. ``learning_rate`` may also be a
+    schedule of :mod:`fjdl.schedules` (its numbers become arrays of ``dtype``).
     """
-    _checks.check_nonnegative("learning_rate", learning_rate)
+    if schedules.is_numeric(learning_rate):
+        rate = jax.tree.map(lambda a: jnp.asarray(a, dtype), learning_rate)
+    else:
+        _checks.check_nonnegative("learning_rate", learning_rate)
+        rate = jnp.asarray(learning_rate, dtype)
     _checks.check_nonnegative("lambd", lambd)
     _checks.check_nonnegative("l1", l1)
     if not isinstance(config, MLP):
@@ -115,7 +122,7 @@ def make_hyperparams(
                 f"{type(config).__name__}"
             )
         return Hyperparams(
-            jnp.asarray(learning_rate, dtype),
+            rate,
             jnp.asarray(lambd, dtype),
             jnp.asarray(l1, dtype),
             jnp.zeros((0,), dtype),
@@ -126,7 +133,7 @@ def make_hyperparams(
     keep_probs = jnp.broadcast_to(jnp.asarray(keep_probs, dtype), (n_hidden,))
     _checks.check_keep_prob("keep_probs", keep_probs)
     return Hyperparams(
-        jnp.asarray(learning_rate, dtype),
+        rate,
         jnp.asarray(lambd, dtype),
         jnp.asarray(l1, dtype),
         keep_probs,
@@ -220,9 +227,10 @@ class _Fixed:
 @dataclasses.dataclass(frozen=True)
 class _PerStep:
     """A schedule of the optimizer's step count, ``count -> lr`` (fjdl's or optax's), given as
-    ``learning_rate``: the optimizer is built with it as it is."""
+    ``learning_rate``: the optimizer is built with it as it is. ``None``: the schedule is one of
+    :mod:`fjdl.schedules`, carried (as arrays) in :attr:`Hyperparams.learning_rate`."""
 
-    schedule: Callable
+    schedule: Callable | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,11 +238,11 @@ class _PerEpoch:
     """A schedule of the epoch, ``epoch -> lr``, given as ``schedule``: it replaces the learning
     rate rather than decaying it (the factory form ``lr0 -> (epoch -> lr)`` decays it)."""
 
-    schedule: Callable
+    schedule: Callable | None
 
     def __call__(self, learning_rate):
-        del learning_rate
-        return self.schedule
+        # None: the schedule is one of fjdl.schedules, carried in Hyperparams.learning_rate.
+        return learning_rate if self.schedule is None else self.schedule
 
 
 def _rate_plan(learning_rate, schedule):
@@ -246,6 +254,8 @@ def _rate_plan(learning_rate, schedule):
                 "learning_rate is already a schedule (of the step); schedule= (of the epoch) "
                 "cannot decay it too: give one of them"
             )
+        if schedules.is_numeric(learning_rate):  # its numbers travel as arrays: no recompiling
+            return learning_rate, _PerStep(None)
         return 0.0, _PerStep(learning_rate)
     if schedule is None:
         return learning_rate, None
@@ -254,6 +264,8 @@ def _rate_plan(learning_rate, schedule):
             f"schedule must be a function lr0 -> (epoch -> lr) or epoch -> lr, got {schedule!r}"
         )
     _checks.check_nonnegative("learning_rate", learning_rate)
+    if schedules.is_numeric(schedule):  # a schedule of the epoch, its numbers as arrays
+        return schedule, _PerEpoch(None)
     probe = schedule(jnp.asarray(learning_rate, jnp.float32))
     return learning_rate, (schedule if callable(probe) else _PerEpoch(schedule))
 
@@ -318,7 +330,14 @@ def _forward(config: Model, params, model_state, hp: Hyperparams, x, *, key=None
     if isinstance(config, MLP):
         keep = hp.keep_probs if train and config.keep_probs is not None else None
         return model_lib.apply(
-            config, params, model_state, x, key=key, train=train, keep_probs=keep
+            config,
+            params,
+            model_state,
+            x,
+            key=key,
+            train=train,
+            keep_probs=keep,
+            unit_masks=hp.unit_masks,
         )
     return config.apply(params, model_state, x, key=key, train=train)
 
@@ -422,8 +441,9 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-class _Loop(NamedTuple):
-    """The carry of the compiled loop over epochs."""
+class Loop(NamedTuple):
+    """The carry of the compiled loop over epochs (:func:`run_epochs`), from :func:`start_loop`:
+    the state, what early stopping and the NaN guard keep, and the history so far."""
 
     state: TrainState
     previous: TrainState  # the state before the last epoch: the last finite one after a NaN
@@ -450,7 +470,6 @@ class _Loop(NamedTuple):
         "batch_size",
         "epochs",
         "patience",
-        "progress_every",
         "eval_every",
     ),
 )
@@ -471,20 +490,28 @@ def run_epochs(
     batch_size: int,
     epochs: int,
     patience: int | None,
-    progress_every: int | None,
     eval_every: int = 1,
     opt_hp: OptimizerHyperparams | None = None,
+    loop: "Loop | None" = None,
+    until=None,
 ):
     """The compiled run: up to ``epochs`` epochs of mini-batch training from ``state``.
 
     ``opt_hp`` (arrays, not static) holds the betas, epsilon and decay rate of an optimizer given
     by name; ``None`` is their defaults.
 
+    ``loop`` continues a run: the carry returned by an earlier call (or :func:`start_loop`), with
+    ``until`` (an int32 array, not static) the number of epochs of this run to have done when the
+    call returns. :func:`fit` runs a long run in segments this way to report progress between
+    them from the host, with no callback inside the compiled program; every segment reuses one
+    compiled program. ``None``: a fresh loop from ``state``, run to ``epochs``.
+
     Static: the model (``config``), the loss (default: the model's), the weight predicate, the
-    optimizer factory, the schedule factory, the batch size, the number of
-    epochs, the patience, the progress interval and the evaluation interval. Everything else is an
-    array: calling again with new hyperparameters, data of the same shape or a later state reuses
-    the compiled program.
+    optimizer factory, the schedule factory, the batch size, the number of epochs (the length of
+    the history), the patience and the evaluation interval. Everything else is an array: calling
+    again with new hyperparameters, data of the same shape or a later state reuses the compiled
+    program. Under ``jax.vmap`` over ``state``, ``hp``, ``min_delta`` and ``opt_hp`` (with ``X``,
+    ``Y`` and ``until`` shared), it trains many models at once: :func:`fjdl.tune.train_many`.
 
     The epochs run in a ``lax.while_loop`` that ends early when the cost or the parameters stop
     being finite, or when early stopping's patience runs out. Keeping the state before each epoch
@@ -495,7 +522,7 @@ def run_epochs(
     per-epoch loop, which also runs the epochs after the last whole chunk. The results are those of
     the per-epoch loop (to float rounding; bit for bit run to run).
 
-    Returns ``(loop, history)``: the final :class:`_Loop` carry (``loop.state`` is the last finite
+    Returns ``(loop, history)``: the final :class:`Loop` carry (``loop.state`` is the last finite
     state) and the per-epoch :class:`History` (NaN for epochs not run).
     """
     m = X.shape[0]
@@ -511,8 +538,9 @@ def run_epochs(
         )
 
     if isinstance(schedule, _PerStep):  # a schedule of the step: the optimizer runs it
-        opt = build(schedule.schedule)
-        lr_of_epoch = lambda epoch: schedule.schedule(epoch * steps_per_epoch)  # noqa: E731
+        step_schedule = hp.learning_rate if schedule.schedule is None else schedule.schedule
+        opt = build(step_schedule)
+        lr_of_epoch = lambda epoch: step_schedule(epoch * steps_per_epoch)  # noqa: E731
     else:
         # The optimizer counts steps; the schedule counts epochs: a step count maps to its epoch.
         if isinstance(schedule, _InverseTimeDecay):
@@ -573,7 +601,7 @@ def run_epochs(
             dev_cost = dev_acc = jnp.asarray(jnp.nan, cost.dtype)
         return jnp.stack([train_acc.astype(cost.dtype), dev_cost, dev_acc.astype(cost.dtype)])
 
-    def early_stopping(loop: _Loop, new_state, epoch, finite, evaluate_now, dev_cost):
+    def early_stopping(loop: Loop, new_state, epoch, finite, evaluate_now, dev_cost):
         """The best-so-far and patience fields after an epoch (unchanged without patience)."""
         best_params, best_ms = loop.best_params, loop.best_model_state
         best_cost, best_epoch = loop.best_cost, loop.best_epoch
@@ -594,7 +622,7 @@ def run_epochs(
         nan3 = jnp.full((3,), jnp.nan, cost.dtype)
         return jax.lax.cond(evaluate_now, metrics, lambda *_: nan3, new_state, cost)
 
-    def body(loop: _Loop) -> _Loop:
+    def body(loop: Loop) -> Loop:
         state, i = loop.state, loop.i
         epoch = state.epoch
         new_state, cost = run_one_epoch(state)
@@ -603,8 +631,6 @@ def run_epochs(
         finite = jnp.isfinite(cost) & _all_finite(new_state.params)
         diverged_epoch = jnp.where(finite, loop.diverged_epoch, epoch)
         kept = early_stopping(loop, new_state, epoch, finite, evaluate_now, dev_cost)
-        if progress_every:
-            _report_progress(i, cost, dev_cost, progress_every)
         row = (cost, train_acc, dev_cost, dev_acc, lr_of_epoch(epoch))
         history = History(
             *(
@@ -612,7 +638,7 @@ def run_epochs(
                 for h, v in zip(loop.history, row)
             )
         )
-        return _Loop(new_state, state, *kept, diverged_epoch, i + 1, loop.fast, history)
+        return Loop(new_state, state, *kept, diverged_epoch, i + 1, loop.fast, history)
 
     # Fast path: chunks of ``chunk`` epochs, each one ``lax.scan`` with no per-epoch bookkeeping
     # (no finiteness test, no history write, no metrics branch). A course-size full-batch run is
@@ -622,7 +648,7 @@ def run_epochs(
     # as without chunks: it finds the epoch that diverged and keeps the last finite state.
     chunk = _chunk_size(eval_every, epochs)
 
-    def chunk_body(loop: _Loop) -> _Loop:
+    def chunk_body(loop: Loop) -> Loop:
         state, i = loop.state, loop.i
 
         def one_epoch(s, _):
@@ -637,8 +663,6 @@ def run_epochs(
         evaluate_now = (i + chunk) % eval_every == 0
         train_acc, dev_cost, dev_acc = evaluate(new_state, cost, evaluate_now, chunk == eval_every)
         kept = early_stopping(loop, new_state, epoch, finite, evaluate_now, dev_cost)
-        if progress_every:
-            _report_progress(i + chunk - 1, cost, dev_cost, 1)
         nan = jnp.full((chunk - 1,), jnp.nan, jnp.float32)
         rows = (
             costs,
@@ -653,31 +677,48 @@ def run_epochs(
                 for h, v in zip(loop.history, rows)
             )
         )
-        advanced = _Loop(
+        advanced = Loop(
             new_state, state, *kept, loop.diverged_epoch, i + chunk, loop.fast, history
         )
         # Not finite: leave everything as it was and hand the chunk over to the per-epoch loop.
         stay = loop._replace(fast=jnp.zeros((), bool))
         return _select(finite, advanced, stay)
 
-    def chunk_running(loop: _Loop):
+    end = jnp.asarray(epochs if until is None else until, jnp.int32)
+
+    def chunk_running(loop: Loop):
         return (
             loop.fast
-            & (loop.i + chunk <= epochs)
+            & (loop.i + chunk <= end)
             & (loop.stopped_epoch < 0)
             & (loop.diverged_epoch < 0)
         )
 
-    def running(loop: _Loop):
-        return (loop.i < epochs) & (loop.stopped_epoch < 0) & (loop.diverged_epoch < 0)
+    def running(loop: Loop):
+        return (loop.i < end) & (loop.stopped_epoch < 0) & (loop.diverged_epoch < 0)
 
+    if loop is None:
+        loop = start_loop(state, epochs, X.dtype)
+    else:  # continuing: the state to run from is the loop's
+        loop = loop._replace(state=state)
+    if chunk > 1:
+        loop = jax.lax.while_loop(chunk_running, chunk_body, loop)
+    # The per-epoch loop: the epochs left after the last whole chunk, or the chunk that diverged.
+    loop = jax.lax.while_loop(running, body, loop)
+    # After a NaN the loop ends at once: the state before that epoch is the last finite one.
+    loop = loop._replace(state=last_finite_state(loop))
+    return loop, loop.history
+
+
+def start_loop(state: TrainState, epochs: int, dtype=jnp.float32) -> Loop:
+    """The carry of :func:`run_epochs` before a run of ``epochs`` epochs from ``state``."""
     minus_one = jnp.asarray(-1, jnp.int32)
-    loop = _Loop(
+    return Loop(
         state=state,
         previous=state,
         best_params=state.params,
         best_model_state=state.model_state,
-        best_cost=jnp.asarray(jnp.inf, X.dtype),
+        best_cost=jnp.asarray(jnp.inf, dtype),
         best_epoch=minus_one,
         bad_epochs=jnp.zeros((), jnp.int32),
         stopped_epoch=minus_one,
@@ -686,33 +727,12 @@ def run_epochs(
         fast=jnp.ones((), bool),
         history=History(*(jnp.full((epochs,), jnp.nan, jnp.float32) for _ in History._fields)),
     )
-    if chunk > 1:
-        loop = jax.lax.while_loop(chunk_running, chunk_body, loop)
-    # The per-epoch loop: the epochs left after the last whole chunk, or the chunk that diverged.
-    loop = jax.lax.while_loop(running, body, loop)
-    # After a NaN the loop ends at once: the state before that epoch is the last finite one.
-    last_finite = _select(loop.diverged_epoch >= 0, loop.previous, loop.state)
-    return loop._replace(state=last_finite), loop.history
 
 
-_PROGRESS: dict[str, Any] = {}
-
-
-def _report_progress(epoch, cost, dev_cost, every):
-    def callback(epoch, cost, dev_cost):
-        bar = _PROGRESS.get("bar")
-        if bar is not None:
-            bar.update(int(epoch) + 1 - bar.n)
-            post = {"cost": f"{float(cost):.4g}"}
-            if np.isfinite(dev_cost):
-                post["dev"] = f"{float(dev_cost):.4g}"
-            bar.set_postfix(post, refresh=False)
-
-    jax.lax.cond(
-        (epoch + 1) % every == 0,
-        lambda: jax.debug.callback(callback, epoch, cost, dev_cost),
-        lambda: None,
-    )
+def last_finite_state(loop: Loop) -> TrainState:
+    """The state a run ends with: after a NaN (the loop stops at once) the state before that
+    epoch, the last finite one; else the loop's."""
+    return _select(loop.diverged_epoch >= 0, loop.previous, loop.state)
 
 
 def _as_inputs(name: str, X) -> jax.Array:
@@ -761,7 +781,7 @@ def _check_labels(loss: losses.Loss, name: str, X, Y, out_shape):
         if Y.ndim == 2 and Y.shape[1] == 1:
             Y = Y[:, 0]
         _checks.check_shape(f"{name} Y", Y, (m,))
-        y = np.asarray(Y)
+        y = _checks.host_value(Y)
         if not np.all((y == 0) | (y == 1)):
             found = np.unique(y[(y != 0) & (y != 1)])[:5]
             raise ValueError(
@@ -772,14 +792,14 @@ def _check_labels(loss: losses.Loss, name: str, X, Y, out_shape):
     if loss.labels == "classes":
         n_classes = out_shape[-1] if len(out_shape) >= 2 else None
         if Y.ndim == 2 and n_classes is not None and Y.shape[1] == n_classes:
-            y = np.asarray(Y)
+            y = _checks.host_value(Y)
             if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
                 raise ValueError(
                     f"{name} Y of shape {Y.shape} must be one-hot: one 1 per row, 0 elsewhere"
                 )
             Y = jnp.argmax(Y, axis=1)
         _checks.check_shape(f"{name} Y", Y, (m,))
-        y = np.asarray(Y)
+        y = _checks.host_value(Y)
         if not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y)):
             raise ValueError(f"{name} Y must hold integer class labels")
         if n_classes is not None and (y.min() < 0 or y.max() >= n_classes):
@@ -825,7 +845,7 @@ def fit(
     scheme=None,
     params: Params | None = None,
     state: TrainState | None = None,
-    progress: bool | None = None,
+    progress: bool | Callable[[int], None] | None = None,
     on_divergence: str = "raise",
     eval_every: int = 1,
     is_weight=losses.is_weight,
@@ -880,7 +900,10 @@ def fit(
         ``"he"``). Other models initialize themselves.
       params: start from these parameters (e.g. to reproduce a published run) instead of ``scheme``.
       state: continue from this :class:`TrainState` (its optimizer state, step, epoch and key).
-      progress: show a progress bar (tqdm); default: only when stderr is a terminal.
+      progress: ``True`` shows a progress bar (tqdm), ``False`` nothing, a function
+        ``f(epochs_done)`` is called instead; default: a bar only when stderr is a terminal. The
+        run is then cut into about 100 segments of one compiled program, reported from the host
+        between them (nothing calls back from inside the program): the results are the same.
       on_divergence: ``"raise"`` (default) raises :class:`TrainingDiverged` carrying the last finite
         state; ``"stop"`` returns it.
       eval_every: compute the eval-mode train accuracy and the dev metrics every this many epochs
@@ -940,11 +963,9 @@ def fit(
             f"{', '.join(given)} apply to an optimizer given by name ('momentum', 'rmsprop', "
             "'adam'); a factory or a transformation carries its own"
         )
-    if decay_rate is not None:
-        if schedule is not None:
-            raise ValueError("decay_rate and a schedule both decay the learning rate: give one")
-        _checks.check_positive_int("decay_interval", decay_interval)
-        schedule = _InverseTimeDecay(decay_interval)
+    _checks.check_positive_int("decay_interval", decay_interval)
+    if decay_rate is not None and schedule is not None:
+        raise ValueError("decay_rate and a schedule both decay the learning rate: give one")
     X = _as_inputs("training", X)
     m = X.shape[0]
     _checks.check_positive_int("epochs", epochs)
@@ -961,10 +982,16 @@ def fit(
     if on_divergence not in ("raise", "stop"):
         raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
     factory = _resolve_optimizer(optimizer)
-    if schedule is not None and isinstance(factory, _Fixed):
-        raise ValueError(
-            "a schedule needs an optimizer fjdl builds (a name or a factory), not a ready one"
-        )
+    if isinstance(factory, _Fixed):
+        if schedule is not None or decay_rate is not None:
+            raise ValueError(
+                "a schedule or decay_rate needs an optimizer fjdl builds (a name or a factory), "
+                "not a ready GradientTransformation, which keeps its own learning rate"
+            )
+    elif schedule is None:
+        # No schedule is the inverse-time decay at rate 0 (alpha0 / 1, exactly alpha0): decay on
+        # and off, and every decay rate, share one compiled program.
+        schedule = _InverseTimeDecay(decay_interval)
     hp = make_hyperparams(config, learning_rate, lambd, l1, keep_probs, X.dtype)
     # Stored in at least float32 (1e-8 is 0 in float16); the optimizer casts each to the dtype of
     # the parameter it updates.
@@ -984,48 +1011,36 @@ def fit(
     X_dev, Y_dev = _check_data(config, "dev", *dev, **where) if dev is not None else (None, None)
     if progress is None:
         progress = sys.stderr.isatty()
-    every = max(1, epochs // 100) if progress else None
-    bar = _open_bar(epochs, every) if progress else None
+    reporter = _progress.Reporter(progress, epochs)
+    loop = start_loop(state, epochs, X.dtype)
+    static = dict(
+        config=config,
+        loss=loss,
+        is_weight=is_weight,
+        optimizer=factory,
+        schedule=schedule,
+        batch_size=batch_size,
+        epochs=epochs,
+        patience=patience,
+        eval_every=eval_every,
+    )
+    arrays = (hp, X, Y, X_dev, Y_dev, jnp.asarray(min_delta, X.dtype))
     try:
-        loop, history = run_epochs(
-            state,
-            hp,
-            X,
-            Y,
-            X_dev,
-            Y_dev,
-            jnp.asarray(min_delta, X.dtype),
-            config=config,
-            loss=loss,
-            is_weight=is_weight,
-            optimizer=factory,
-            schedule=schedule,
-            batch_size=batch_size,
-            epochs=epochs,
-            patience=patience,
-            progress_every=every,
-            eval_every=eval_every,
-            opt_hp=opt_hp,
-        )
+        for end in _progress.segment_ends(epochs, _chunk_size(eval_every, epochs), reporter.shown):
+            loop, history = run_epochs(
+                loop.state, *arrays, **static, opt_hp=opt_hp, loop=loop, until=jnp.int32(end)
+            )
+            if reporter.shown:
+                done, cost = int(loop.i), float(history.cost[max(int(loop.i) - 1, 0)])
+                reporter.update(done, cost=cost)
+                if done < end:  # stopped early or diverged
+                    break
         jax.block_until_ready(loop)
     finally:
-        if bar is not None:
-            jax.effects_barrier()
-            bar.close()
-            _PROGRESS.pop("bar", None)
+        reporter.close()
     return _finish(
         loop, history, patience, on_divergence, _divergence_cause(X.dtype, learning_rate_given)
     )
-
-
-def _open_bar(epochs, every):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress is optional: pip install tqdm
-        return None
-    bar = tqdm(total=epochs, unit="epoch", leave=False, mininterval=0.2)
-    _PROGRESS["bar"] = bar
-    return bar
 
 
 def _divergence_cause(dtype, learning_rate) -> str:
@@ -1048,12 +1063,12 @@ def _divergence_cause(dtype, learning_rate) -> str:
     return f"the learning rate ({shown}) is probably too large: try a smaller one"
 
 
-def _finish(loop: _Loop, history: History, patience, on_divergence, cause: str) -> FitResult:
+def _finish(loop: Loop, history: History, patience, on_divergence, cause: str) -> FitResult:
     diverged = int(loop.diverged_epoch)
     stopped = int(loop.stopped_epoch)
     # Epochs run in this call; the one that produced a NaN is not counted.
     n_run = int(loop.i) - (diverged >= 0)
-    history = History(*(np.asarray(h)[:n_run] for h in history))
+    history = History(*(_checks.host_value(h)[:n_run] for h in history))
     state = loop.state
     best_epoch = None
     if patience is not None and int(loop.best_epoch) >= 0:

@@ -237,7 +237,6 @@ def test_vmap_over_learning_rates_equals_separate_runs(moons):
         batch_size=64,
         epochs=4,
         patience=None,
-        progress_every=None,
     )
 
     def one(lr):
@@ -288,31 +287,29 @@ def test_bad_data():
         train.fit(sm, np.zeros((2, 2), np.float32), np.array([0, 3]), key=k)
 
 
-def test_progress_bar_is_fed_from_inside_the_compiled_loop(moons, monkeypatch):
+def test_progress_is_reported_between_segments_and_changes_nothing(moons):
+    """A progress function is called from the host between segments of one compiled program:
+    about 100 calls, increasing to ``epochs``, the same results, and nothing new compiled."""
     X, Y = moons
+    kw = dict(key=jax.random.key(0), epochs=250, batch_size=32)
+    quiet = train.fit(MLP((2, 3, 1)), X, Y, progress=False, **kw)
+    compiled = train.run_epochs._cache_size()
+    seen = []
+    shown = train.fit(MLP((2, 3, 1)), X, Y, progress=seen.append, **kw)
+    assert train.run_epochs._cache_size() == compiled
+    assert seen == sorted(seen) and seen[-1] == 250 and 50 <= len(seen) <= 100
+    chex.assert_trees_all_equal(shown.state, quiet.state)
+    np.testing.assert_array_equal(shown.history.cost, quiet.history.cost)
 
-    class Bar:
-        n = 0
-        closed = False
 
-        def update(self, k):
-            self.n += k
-
-        def set_postfix(self, post, refresh=False):
-            self.post = post
-
-        def close(self):
-            self.closed = True
-
-    bar = Bar()
-
-    def open_bar(epochs, every):
-        train._PROGRESS["bar"] = bar
-        return bar
-
-    monkeypatch.setattr(train, "_open_bar", open_bar)
-    train.fit(MLP((2, 3, 1)), X, Y, key=jax.random.key(0), epochs=250, progress=True)
-    assert bar.closed and bar.n == 250 and "cost" in bar.post
+def test_progress_stops_with_early_stopping(moons):
+    X, Y = moons
+    seen = []
+    r = train.fit(
+        MLP((2, 3, 1)), X[:100], Y[:100], key=jax.random.key(0), epochs=400, learning_rate=0.05,
+        dev=(X[100:], Y[100:]), patience=2, progress=seen.append,
+    )
+    assert r.stopped_epoch is not None and seen[-1] < 400
 
 
 # ---- epochs run in chunks between evaluations keep fit's behaviour ------------------------------
@@ -548,6 +545,8 @@ def test_new_hyperparameter_values_key_and_data_compile_nothing(optimizer):
     train.fit(MLP((2, 4, 1)), X, Y, **common, **first)
     before = train.run_epochs._cache_size()
     r = train.fit(MLP((2, 4, 1)), X2, Y2, **common, **second)
+    # Decay off (no decay_rate) is the decay at rate 0: the same program.
+    train.fit(MLP((2, 4, 1)), X2, Y2, **common, **{**second, "decay_rate": None})
     assert train.run_epochs._cache_size() == before
     np.testing.assert_allclose(r.history.learning_rate[:2], [0.02, 0.02 / 1.1], rtol=1e-6)
 
