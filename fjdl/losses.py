@@ -11,7 +11,7 @@ Losses take **logits** (the pre-activation ``z`` of the output layer), not proba
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fjdl import _checks
-from fjdl._types import Params
+from fjdl._types import Hyperparameter, Params
 
 
 @jax.custom_jvp
@@ -134,7 +134,7 @@ def mean_squared_error(
     return 0.5 * jnp.sum(diff**2) / predictions.shape[0]
 
 
-def is_weight(path, leaf) -> bool:
+def is_weight(path: Sequence[Any], leaf: Any) -> bool:
     """The default choice of the **weights**: leaves with ``ndim >= 2`` that are not named ``bias``.
 
     What L2 and L1 penalize, and what an optimizer's decay ``mask`` selects by default
@@ -159,6 +159,9 @@ def is_weight(path, leaf) -> bool:
 
 WeightPredicate = Callable[[Any, Any], bool]
 """``(key path, leaf) -> bool``: which leaves are weights (see :func:`is_weight`)."""
+
+LossFn = Callable[[Any, Any], jax.Array]
+"""``(out, y) -> scalar``: a data loss or a metric, the mean over the batch."""
 
 
 def weights(params: Params, predicate: WeightPredicate = is_weight) -> list[jax.Array]:
@@ -185,7 +188,13 @@ def _scaled(lambd, m, total):
     return lambd / (2 * m) * total
 
 
-def l2_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weight) -> jax.Array:
+def l2_penalty(
+    params: Params,
+    lambd: Hyperparameter,
+    m: Hyperparameter,
+    *,
+    is_weight: WeightPredicate = is_weight,
+) -> jax.Array:
     """The L2 (weight-decay) term of the cost: ``lambd / (2 m) * sum_l ||W_l||_F^2``.
 
     Only weights are penalized, never biases or batch-norm's ``gamma``/``beta``.
@@ -201,15 +210,29 @@ def l2_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weig
     return _scaled(lambd, m, sum(jnp.sum(jnp.square(W)) for W in weights(params, is_weight)))
 
 
-def l1_penalty(params: Params, lambd, m, *, is_weight: WeightPredicate = is_weight) -> jax.Array:
+def l1_penalty(
+    params: Params,
+    lambd: Hyperparameter,
+    m: Hyperparameter,
+    *,
+    is_weight: WeightPredicate = is_weight,
+) -> jax.Array:
     """The L1 term: ``lambd / (2 m) * sum_l sum |W_l|``, which pushes weights to exactly zero.
 
     Scaled by ``1 / (2 m)`` like the L2 term, as the course writes it. ``params`` and
-    ``is_weight`` as for :func:`l2_penalty`.
+    ``is_weight`` as for :func:`l2_penalty`. Its gradient is ``lambd / (2 m) * sign(W)``, which
+    is 0 at ``W = 0`` (as NumPy's ``np.sign`` gives; ``jax.grad(jnp.abs)`` would give 1 there):
+    a weight that is exactly zero stays zero.
     """
     _checks.check_nonnegative("lambd", lambd)
     _checks.check_positive("m", m)
-    return _scaled(lambd, m, sum(jnp.sum(jnp.abs(W)) for W in weights(params, is_weight)))
+    return _scaled(lambd, m, sum(jnp.sum(_abs(W)) for W in weights(params, is_weight)))
+
+
+def _abs(W):
+    """``|W|``, computed as ``W * sign(W)`` with the sign held constant: the same value, and the
+    derivative ``sign(W)`` (0 at 0)."""
+    return W * jax.lax.stop_gradient(jnp.sign(W))
 
 
 DATA_LOSSES = {
@@ -217,6 +240,7 @@ DATA_LOSSES = {
     "softmax": softmax_cross_entropy,
     "linear": mean_squared_error,
 }
+"""The data term of an MLP's cost by its ``output`` (``"sigmoid"``, ``"softmax"``, ``"linear"``)."""
 
 
 def _one_logit(out):
@@ -275,8 +299,8 @@ class Loss:
     """
 
     name: str
-    value: Callable[[Any, Any], jax.Array]
-    metric: Callable[[Any, Any], jax.Array] | None = None
+    value: LossFn
+    metric: LossFn | None = None
     predict: Callable[[Any], jax.Array] = _identity
     labels: str = "any"
 
@@ -293,7 +317,7 @@ LOSSES = {
 _ALIASES = {"sigmoid": "binary", "linear": "mse"}
 
 
-def get(loss, metric: Callable[[Any, Any], jax.Array] | None = None, *, arg: str = "loss") -> Loss:
+def get(loss: str | LossFn | Loss, metric: LossFn | None = None, *, arg: str = "loss") -> Loss:
     """A :class:`Loss` from a name, a function ``(out, y) -> scalar``, or a :class:`Loss`.
 
     Args:
@@ -336,10 +360,10 @@ def cost(
     labels: jax.typing.ArrayLike,
     params: Params | None = None,
     *,
-    output="sigmoid",
-    lambd=0.0,
-    l1=0.0,
-    m=None,
+    output: str | LossFn | Loss = "sigmoid",
+    lambd: Hyperparameter = 0.0,
+    l1: Hyperparameter = 0.0,
+    m: Hyperparameter | None = None,
     is_weight: WeightPredicate = is_weight,
 ) -> jax.Array:
     """The data loss plus the L2 and L1 penalties on the weights.

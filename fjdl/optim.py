@@ -20,8 +20,9 @@ optimizer inside ``jit`` or ``vmap`` from array arguments batches over learning 
 changing a value does not recompile. Hyperparameters are validated when the optimizer is built
 (a traced value cannot be checked then, and is let through).
 
-Updates and states keep the parameters' dtype (float64 parameters give float64 updates and
-states); ``count`` is int32.
+Updates keep the parameters' dtype; the averages of the states (``v``, ``s``) are kept in at least
+float32 (:func:`moment_dtype`: float16 and bfloat16 parameters get float32 moments, in which the
+step is computed before it is cast back; float64 stays float64); ``count`` is int32.
 
 Weight decay, two ways, on every optimizer (both default to 0, off):
 
@@ -42,11 +43,15 @@ import jax.numpy as jnp
 import optax
 
 from fjdl import _checks
-from fjdl._types import Params, ScalarOrSchedule
+from fjdl._types import Hyperparameter, Params, PyTree, ScalarOrSchedule
 from fjdl.losses import is_weight
 
 Updates = Any
 """A pytree shaped like the parameters: what :func:`apply_updates` adds to them."""
+
+Mask = PyTree | Callable[[Params], PyTree]
+"""Where weight decay applies: a pytree of Python bools shaped like the parameters, or a function
+of the parameters returning one (e.g. :func:`weights_only`)."""
 
 
 GradientTransformation = optax.GradientTransformation
@@ -57,30 +62,35 @@ optax.GradientTransformation)`` holds and ``optax.chain``, ``optax.inject_hyperp
 ``TrainState`` and ``nnx.Optimizer`` accept them, as type checkers do."""
 
 
+# Each state's ``count`` field shadows the method ``tuple.count``, which mypy reports as an
+# incompatible override (python/mypy#3950). The name is optax's (``ScaleByAdamState.count``) and
+# part of the states' API, and nothing calls ``.count(value)`` on a state: hence the ignores.
+
+
 class GdState(NamedTuple):
     """State of :func:`gd`: only the count of updates done (for a schedule)."""
 
-    count: jax.Array  # int32
+    count: jax.Array  # type: ignore[assignment]  # int32; shadows tuple.count, as in optax
 
 
 class MomentumState(NamedTuple):
     """State of :func:`momentum`: the velocity ``v``, shaped like the parameters."""
 
-    count: jax.Array  # int32
+    count: jax.Array  # type: ignore[assignment]  # int32; shadows tuple.count, as in optax
     v: Any
 
 
 class RmspropState(NamedTuple):
     """State of :func:`rmsprop`: ``s``, the average of the squared gradients."""
 
-    count: jax.Array  # int32
+    count: jax.Array  # type: ignore[assignment]  # int32; shadows tuple.count, as in optax
     s: Any
 
 
 class AdamState(NamedTuple):
     """State of :func:`adam`: the first moment ``v`` and the second moment ``s``."""
 
-    count: jax.Array  # int32
+    count: jax.Array  # type: ignore[assignment]  # int32; shadows tuple.count, as in optax
     v: Any
     s: Any
 
@@ -88,12 +98,34 @@ class AdamState(NamedTuple):
 class EwaState(NamedTuple):
     """State of :func:`ewa`: the running average and the number of values seen."""
 
-    count: jax.Array  # int32
+    count: jax.Array  # type: ignore[assignment]  # int32; shadows tuple.count, as in optax
     average: Any
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+def moment_dtype(dtype) -> jnp.dtype:
+    """The dtype of an optimizer's averages for parameters of ``dtype``: at least float32.
+
+    The policy of :mod:`fjdl.optim` (optax's ``mu_dtype`` with a floor): a float16 or bfloat16
+    parameter's ``v`` and ``s`` are kept in float32, where ``dW^2`` neither underflows nor
+    overflows and ``epsilon = 1e-8`` is not 0; the update is computed there and returned in the
+    gradient's dtype. float32 and float64 are kept as they are.
+
+    Example:
+      >>> moment_dtype(jnp.bfloat16), moment_dtype(jnp.float64)
+      (dtype('float32'), dtype('float64'))
+    """
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
+def _zeros_moment(p):
+    return jnp.zeros(jnp.shape(p), moment_dtype(jnp.result_type(p)))
 
 
 def _cast(x, like):
@@ -160,18 +192,20 @@ def _mask_tree(mask, params):
     return mask(params) if callable(mask) else mask
 
 
-def _paths(tree) -> list[str]:
+def _paths(tree: PyTree) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
-def check_like(name: str, tree, like, like_name: str) -> None:
+def check_like(name: str, tree: PyTree, like: PyTree, like_name: str) -> None:
     """Raise ``ValueError`` unless ``tree`` has the structure and leaf shapes of ``like``.
 
     Shapes are static (known at trace time), so this also holds under ``jit``. The message names
     the leaves that differ, as optax's ``check_shapes_equal`` does: a gradient of shape ``(1, 5)``
     for a parameter of shape ``(2, 5)`` would otherwise broadcast silently.
     """
-    if jax.tree.structure(tree) != jax.tree.structure(like):
+    # jaxlib ships no stub for its compiled ``_jax`` module, so mypy sees ``PyTreeDef`` as an
+    # unknown type without ``!=``; the comparison is jax's own way to compare structures.
+    if jax.tree.structure(tree) != jax.tree.structure(like):  # type: ignore[operator]
         got, want = _paths(tree), _paths(like)
         extra = [p for p in got if p not in set(want)][:4]
         missing = [p for p in want if p not in set(got)][:4]
@@ -261,7 +295,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 # Exponentially weighted averages on their own
 
 
-def ewa_update(average, value, beta):
+def ewa_update(average: PyTree, value: PyTree, beta: Hyperparameter) -> PyTree:
     r"""One step of an exponentially weighted average, on arrays or pytrees.
 
     .. math::
@@ -291,7 +325,7 @@ def ewa_update(average, value, beta):
     return jax.tree.map(leaf, average, value)
 
 
-def bias_correction(average, beta, t):
+def bias_correction(average: PyTree, beta: Hyperparameter, t: jax.typing.ArrayLike) -> PyTree:
     r"""The bias-corrected average: :math:`v_t / (1 - \beta^t)`, with ``t`` counted from 1.
 
     An average started at :math:`v_0 = 0` is too small at first: a constant series :math:`c`
@@ -320,7 +354,7 @@ def bias_correction(average, beta, t):
     return jax.tree.map(leaf, average)
 
 
-def ewa(beta, debias: bool = False) -> GradientTransformation:
+def ewa(beta: Hyperparameter, debias: bool = False) -> GradientTransformation:
     r"""A running exponentially weighted average as an ``(init, update)`` pair.
 
     ``update(values, state)`` returns ``(average, new_state)``: :math:`v_t` after
@@ -361,7 +395,11 @@ def ewa(beta, debias: bool = False) -> GradientTransformation:
 
 
 def gd(
-    learning_rate: ScalarOrSchedule, *, l2=0.0, weight_decay=0.0, mask=None
+    learning_rate: ScalarOrSchedule,
+    *,
+    l2: Hyperparameter = 0.0,
+    weight_decay: Hyperparameter = 0.0,
+    mask: Mask | None = None,
 ) -> GradientTransformation:
     r"""(Mini-batch) gradient descent.
 
@@ -409,13 +447,13 @@ def gd(
 
 def momentum(
     learning_rate: ScalarOrSchedule,
-    beta=0.9,
+    beta: Hyperparameter = 0.9,
     *,
     heavy_ball: bool = False,
     nesterov: bool = False,
-    l2=0.0,
-    weight_decay=0.0,
-    mask=None,
+    l2: Hyperparameter = 0.0,
+    weight_decay: Hyperparameter = 0.0,
+    mask: Mask | None = None,
 ) -> GradientTransformation:
     r"""Gradient descent with momentum: step along an average of the recent gradients.
 
@@ -474,14 +512,15 @@ def momentum(
     _check_decay(l2, weight_decay, mask)
 
     def init(params):
-        return MomentumState(count=_zero_count(), v=jax.tree.map(jnp.zeros_like, params))
+        return MomentumState(count=_zero_count(), v=jax.tree.map(_zeros_moment, params))
 
-    def leaf(g, v):
+    def leaf(dW, v):
+        g = dW.astype(v.dtype)  # in the moments' dtype (moment_dtype)
         b = _cast(beta, g)
         damp = 1 if heavy_ball else 1 - b
         v = b * v + damp * g  # the velocity: an average of the gradients
         direction = b * v + damp * g if nesterov else v  # Nesterov: look ahead
-        return direction, v
+        return direction.astype(dW.dtype), v
 
     def update(grads, state, params=None):
         _check_grads(grads, state.v, params, "v")
@@ -495,14 +534,14 @@ def momentum(
 
 def rmsprop(
     learning_rate: ScalarOrSchedule,
-    beta=0.9,
-    epsilon=1e-8,
+    beta: Hyperparameter = 0.9,
+    epsilon: Hyperparameter = 1e-8,
     *,
     eps_in_sqrt: bool = False,
-    initial_scale=0.0,
-    l2=0.0,
-    weight_decay=0.0,
-    mask=None,
+    initial_scale: Hyperparameter = 0.0,
+    l2: Hyperparameter = 0.0,
+    weight_decay: Hyperparameter = 0.0,
+    mask: Mask | None = None,
 ) -> GradientTransformation:
     r"""RMSprop: divide each gradient by the root mean square of its recent values.
 
@@ -555,14 +594,18 @@ def rmsprop(
     _check_decay(l2, weight_decay, mask)
 
     def init(params):
-        s = jax.tree.map(lambda p: jnp.full_like(p, _cast(initial_scale, p)), params)
+        s = jax.tree.map(
+            lambda p: jnp.full(jnp.shape(p), initial_scale, moment_dtype(jnp.result_type(p))),
+            params,
+        )
         return RmspropState(count=_zero_count(), s=s)
 
-    def leaf(g, s):
+    def leaf(dW, s):
+        g = dW.astype(s.dtype)  # in the moments' dtype (moment_dtype)
         b, eps = _cast(beta, g), _cast(epsilon, g)
         s = b * s + (1 - b) * g * g  # average of the squared gradients
         root = jnp.sqrt(s + eps) if eps_in_sqrt else jnp.sqrt(s) + eps
-        return g / root, s
+        return (g / root).astype(dW.dtype), s
 
     def update(grads, state, params=None):
         _check_grads(grads, state.s, params, "s")
@@ -576,13 +619,13 @@ def rmsprop(
 
 def adam(
     learning_rate: ScalarOrSchedule,
-    beta1=0.9,
-    beta2=0.999,
-    epsilon=1e-8,
+    beta1: Hyperparameter = 0.9,
+    beta2: Hyperparameter = 0.999,
+    epsilon: Hyperparameter = 1e-8,
     *,
-    l2=0.0,
-    weight_decay=0.0,
-    mask=None,
+    l2: Hyperparameter = 0.0,
+    weight_decay: Hyperparameter = 0.0,
+    mask: Mask | None = None,
 ) -> GradientTransformation:
     r"""Adam: momentum and RMSprop together, both bias-corrected.
 
@@ -642,16 +685,17 @@ def adam(
     _check_decay(l2, weight_decay, mask)
 
     def init(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.tree.map(_zeros_moment, params)
         return AdamState(count=_zero_count(), v=zeros, s=zeros)
 
-    def leaf(g, v, s, t):
+    def leaf(dW, v, s, t):
+        g = dW.astype(v.dtype)  # in the moments' dtype (moment_dtype)
         b1, b2, eps = _cast(beta1, g), _cast(beta2, g), _cast(epsilon, g)
         v = b1 * v + (1 - b1) * g  # momentum: average of the gradients
         s = b2 * s + (1 - b2) * g * g  # RMSprop: average of their squares
         v_corrected = v / _one_minus_power(b1, t, g)  # bias correction: v / (1 - beta1^t)
         s_corrected = s / _one_minus_power(b2, t, g)
-        return v_corrected / (jnp.sqrt(s_corrected) + eps), v, s
+        return (v_corrected / (jnp.sqrt(s_corrected) + eps)).astype(dW.dtype), v, s
 
     def update(grads, state, params=None):
         _check_grads(grads, state.v, params, "v")

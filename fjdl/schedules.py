@@ -9,6 +9,12 @@ ones, so ``vmap`` over a batch of initial learning rates runs many schedules in 
 The values are in the floating dtype of the hyperparameters (Python floats give the default float:
 float32, or float64 with x64 enabled).
 
+Each schedule is a frozen dataclass (:class:`Constant`, :class:`InverseTimeDecay`, ...) that is
+also a pytree: its numbers are the leaves, its integer counts (``time_interval``, boundaries) the
+structure. So two schedules built from the same numbers are equal and hash alike, and
+:func:`fjdl.train.fit` passes a schedule's numbers into its compiled loop as arrays: a schedule
+with new numbers reuses the compiled program, where a new function would compile a new one.
+
 Per epoch or per step: the course decays the rate once per epoch, while an optimizer counts steps.
 :func:`per_epoch` turns an epoch schedule into a step schedule, given ``steps_per_epoch``.
 
@@ -16,18 +22,20 @@ References:
   Andrew Ng, *Improving Deep Neural Networks*, week 2, "Learning rate decay".
 """
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from fjdl import _checks
-from fjdl._types import Schedule
+from fjdl._types import Hyperparameter, Schedule
 
 
-def _dtype(*hyperparameters):
+def _dtype(*hyperparameters: Hyperparameter) -> jnp.dtype:
     """The floating dtype shared by ``hyperparameters`` (weak Python numbers give the default)."""
     with jax.numpy_dtype_promotion("standard"):
         dtype = jnp.result_type(*hyperparameters)
@@ -36,12 +44,12 @@ def _dtype(*hyperparameters):
     return dtype
 
 
-def _count(count, dtype):
+def _count(count: jax.typing.ArrayLike, dtype: jnp.dtype) -> jax.Array:
     """The count as a float array of ``dtype``."""
     return jnp.asarray(count).astype(dtype)
 
 
-def constant(value) -> Schedule:
+def constant(value: Hyperparameter) -> Schedule:
     """A constant learning rate: ``count -> value`` (the first value is ``value``).
 
     Args:
@@ -52,16 +60,24 @@ def constant(value) -> Schedule:
       0.1
     """
     _checks.check_nonnegative("value", value)
-    dtype = _dtype(value)
+    return Constant(value)
 
-    def schedule(count):
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Constant:
+    """The schedule of :func:`constant`."""
+
+    value: Any
+
+    def __call__(self, count: jax.typing.ArrayLike) -> jax.Array:
         del count
-        return jnp.asarray(value, dtype)
-
-    return schedule
+        return jnp.asarray(self.value, _dtype(self.value))
 
 
-def inverse_time_decay(init_lr, decay_rate, time_interval: int = 1) -> Schedule:
+def inverse_time_decay(
+    init_lr: Hyperparameter, decay_rate: Hyperparameter, time_interval: int = 1
+) -> Schedule:
     r"""The course's learning-rate decay, optionally in steps of ``time_interval``.
 
     .. math::
@@ -96,17 +112,26 @@ def inverse_time_decay(init_lr, decay_rate, time_interval: int = 1) -> Schedule:
     _checks.check_nonnegative("init_lr", init_lr)
     _checks.check_nonnegative("decay_rate", decay_rate)
     _checks.check_positive_int("time_interval", time_interval)
-    dtype = _dtype(init_lr, decay_rate)
+    return InverseTimeDecay(init_lr, decay_rate, time_interval)
 
-    def schedule(count):
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class InverseTimeDecay:
+    """The schedule of :func:`inverse_time_decay`."""
+
+    init_lr: Any
+    decay_rate: Any
+    time_interval: int = dataclasses.field(default=1, metadata=dict(static=True))
+
+    def __call__(self, count: jax.typing.ArrayLike) -> jax.Array:
+        dtype = _dtype(self.init_lr, self.decay_rate)
         # Integer floor division keeps the decay step exact for any count.
-        k = _count(jnp.floor_divide(jnp.asarray(count), time_interval), dtype)
-        return jnp.asarray(init_lr, dtype) / (1 + jnp.asarray(decay_rate, dtype) * k)
-
-    return schedule
+        k = _count(jnp.floor_divide(jnp.asarray(count), self.time_interval), dtype)
+        return jnp.asarray(self.init_lr, dtype) / (1 + jnp.asarray(self.decay_rate, dtype) * k)
 
 
-def exponential_decay(init_lr, base=0.95) -> Schedule:
+def exponential_decay(init_lr: Hyperparameter, base: Hyperparameter = 0.95) -> Schedule:
     r"""Exponential decay: the rate is multiplied by ``base`` every count.
 
     .. math::
@@ -125,23 +150,28 @@ def exponential_decay(init_lr, base=0.95) -> Schedule:
     """
     _checks.check_nonnegative("init_lr", init_lr)
     _checks.check_unit_interval("base", base, low_open=True, high_open=False)
-    dtype = _dtype(init_lr, base)
-
     # log(base) in double precision when base is a Python number: float32(0.95) ** 249 would be
     # off by 3e-6 relative from rounding the base alone.
     if type(base) in (int, float):
-        log_base = math.log(base)
-    else:
-        log_base = jnp.log(jnp.asarray(base, dtype))
+        return ExponentialDecay(init_lr, math.log(base))
+    return ExponentialDecay(init_lr, jnp.log(jnp.asarray(base, _dtype(init_lr, base))))
 
-    def schedule(count):
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ExponentialDecay:
+    """The schedule of :func:`exponential_decay`, which holds ``log(base)``."""
+
+    init_lr: Any
+    log_base: Any
+
+    def __call__(self, count: jax.typing.ArrayLike) -> jax.Array:
+        dtype = _dtype(self.init_lr, self.log_base)
         t = _count(count, dtype)
-        return jnp.asarray(init_lr, dtype) * jnp.exp(t * log_base)  # lr0 * base ** count
-
-    return schedule
+        return jnp.asarray(self.init_lr, dtype) * jnp.exp(t * self.log_base)  # lr0 * base**count
 
 
-def inverse_sqrt_decay(init_lr, k=1.0) -> Schedule:
+def inverse_sqrt_decay(init_lr: Hyperparameter, k: Hyperparameter = 1.0) -> Schedule:
     r"""Decay with the inverse square root of the count.
 
     .. math::
@@ -161,16 +191,27 @@ def inverse_sqrt_decay(init_lr, k=1.0) -> Schedule:
     """
     _checks.check_nonnegative("init_lr", init_lr)
     _checks.check_positive("k", k)
-    dtype = _dtype(init_lr, k)
+    return InverseSqrtDecay(init_lr, k)
 
-    def schedule(count):
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class InverseSqrtDecay:
+    """The schedule of :func:`inverse_sqrt_decay`."""
+
+    init_lr: Any
+    k: Any
+
+    def __call__(self, count: jax.typing.ArrayLike) -> jax.Array:
+        dtype = _dtype(self.init_lr, self.k)
         t = _count(count, dtype)
-        return jnp.asarray(init_lr, dtype) * jnp.asarray(k, dtype) / jnp.sqrt(t + 1)
-
-    return schedule
+        return jnp.asarray(self.init_lr, dtype) * jnp.asarray(self.k, dtype) / jnp.sqrt(t + 1)
 
 
-def piecewise_constant(init_lr, boundaries_and_scales) -> Schedule:
+def piecewise_constant(
+    init_lr: Hyperparameter,
+    boundaries_and_scales: Mapping[int, Hyperparameter] | Iterable[tuple[int, Hyperparameter]],
+) -> Schedule:
     r"""Manual decay: multiply the rate by a scale at chosen counts.
 
     .. math::
@@ -191,6 +232,7 @@ def piecewise_constant(init_lr, boundaries_and_scales) -> Schedule:
       [1.0, 1.0, 0.5, 0.5, 0.05, 0.05]
     """
     _checks.check_nonnegative("init_lr", init_lr)
+    items: list[tuple[Any, ...]]  # checked below: (int boundary, scale) pairs
     if isinstance(boundaries_and_scales, Mapping):
         items = list(boundaries_and_scales.items())
     elif isinstance(boundaries_and_scales, Iterable):
@@ -212,16 +254,28 @@ def piecewise_constant(init_lr, boundaries_and_scales) -> Schedule:
             raise ValueError(f"boundaries_and_scales: boundary must be >= 0, got {boundary!r}")
         _checks.check_nonnegative(f"boundaries_and_scales[{boundary}]", scale)
     items.sort(key=lambda pair: pair[0])
-    dtype = _dtype(init_lr, *(scale for _, scale in items))
+    return PiecewiseConstant(
+        init_lr, tuple(scale for _, scale in items), tuple(int(b) for b, _ in items)
+    )
 
-    def schedule(count):
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PiecewiseConstant:
+    """The schedule of :func:`piecewise_constant`: the scales (numbers) at the boundaries
+    (ints, in increasing order)."""
+
+    init_lr: Any
+    scales: tuple
+    boundaries: tuple = dataclasses.field(default=(), metadata=dict(static=True))
+
+    def __call__(self, count: jax.typing.ArrayLike) -> jax.Array:
+        dtype = _dtype(self.init_lr, *self.scales)
         count = jnp.asarray(count)
-        lr = jnp.asarray(init_lr, dtype)
-        for boundary, scale in items:
+        lr = jnp.asarray(self.init_lr, dtype)
+        for boundary, scale in zip(self.boundaries, self.scales):
             lr = jnp.where(count >= boundary, lr * jnp.asarray(scale, dtype), lr)
         return lr
-
-    return schedule
 
 
 def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
@@ -243,8 +297,31 @@ def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
     if not callable(schedule):
         raise TypeError(f"schedule must be callable count -> lr, got {type(schedule).__name__}")
     _checks.check_positive_int("steps_per_epoch", steps_per_epoch)
+    return PerEpoch(schedule, steps_per_epoch)
 
-    def step_schedule(step):
-        return schedule(jnp.floor_divide(jnp.asarray(step), steps_per_epoch))
 
-    return step_schedule
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PerEpoch:
+    """The schedule of :func:`per_epoch`. A pytree whose leaves are those of ``schedule`` when it
+    is one of this module's (a plain function is a leaf)."""
+
+    schedule: Any
+    steps_per_epoch: int = dataclasses.field(default=1, metadata=dict(static=True))
+
+    def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
+        return self.schedule(jnp.floor_divide(jnp.asarray(step), self.steps_per_epoch))
+
+
+def is_numeric(schedule: Any) -> bool:
+    """Whether ``schedule`` is one of this module's schedules whose leaves are all numbers or
+    arrays, so that it can travel into a compiled function as data (see the module doc)."""
+    if not isinstance(
+        schedule,
+        Constant | InverseTimeDecay | ExponentialDecay | InverseSqrtDecay | PiecewiseConstant | PerEpoch,
+    ):
+        return False
+    return all(
+        isinstance(leaf, numbers.Number | jax.Array) or hasattr(leaf, "dtype")
+        for leaf in jax.tree.leaves(schedule)
+    )

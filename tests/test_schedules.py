@@ -162,3 +162,51 @@ def test_schedule_drives_an_optimizer_per_epoch():
 def test_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_schedules_are_hashable_values():
+    """Built twice from the same numbers: equal, and equal hashes (a static argument of jit)."""
+    makers = [
+        lambda: schedules.constant(0.1),
+        lambda: schedules.inverse_time_decay(0.5, 0.3, time_interval=10),
+        lambda: schedules.exponential_decay(0.2, 0.95),
+        lambda: schedules.inverse_sqrt_decay(0.1, 2.0),
+        lambda: schedules.piecewise_constant(0.1, {50: 0.5, 150: 0.1}),
+        lambda: schedules.per_epoch(schedules.exponential_decay(0.2, 0.95), 7),
+    ]
+    for make in makers:
+        a, b = make(), make()
+        assert a == b and hash(a) == hash(b)
+        assert schedules.is_numeric(a)
+    assert schedules.inverse_time_decay(0.5, 0.3) != schedules.inverse_time_decay(0.5, 0.4)
+    assert not schedules.is_numeric(schedules.per_epoch(lambda e: 0.1, 3))
+
+
+def test_schedules_are_pytrees_of_their_numbers():
+    s = schedules.piecewise_constant(0.1, {50: 0.5, 150: 0.1})
+    leaves, treedef = jax.tree.flatten(s)
+    assert leaves == [0.1, 0.5, 0.1]
+    doubled = jax.tree.unflatten(treedef, [2 * x for x in leaves])
+    np.testing.assert_allclose(doubled(200), 0.2 * 1.0 * 0.2, rtol=1e-6)
+    # Traced numbers: a jitted function of the schedule compiles once for any numbers.
+    f = jax.jit(lambda sched, count: sched(count))
+    np.testing.assert_allclose(f(schedules.exponential_decay(1.0, 0.5), 3), 0.125, rtol=1e-6)
+    np.testing.assert_allclose(f(schedules.exponential_decay(2.0, 0.25), 1), 0.5, rtol=1e-6)
+    assert f._cache_size() == 1
+
+
+def test_fit_with_new_schedule_numbers_compiles_nothing():
+    from fjdl import data, train
+    from fjdl.model import MLP
+
+    X, Y = data.make_moons(jax.random.key(0), 100)
+    kw = dict(key=jax.random.key(0), epochs=4, batch_size=25, progress=False)
+    train.fit(MLP((2, 4, 1)), X, Y, learning_rate=schedules.exponential_decay(0.1, 0.9), **kw)
+    train.fit(MLP((2, 4, 1)), X, Y, schedule=schedules.inverse_time_decay(0.1, 0.5), **kw)
+    before = train.run_epochs._cache_size()
+    r = train.fit(MLP((2, 4, 1)), X, Y, learning_rate=schedules.exponential_decay(0.05, 0.8), **kw)
+    s = train.fit(MLP((2, 4, 1)), X, Y, schedule=schedules.inverse_time_decay(0.2, 1.0), **kw)
+    assert train.run_epochs._cache_size() == before
+    # The rate of each epoch's first step: 4 steps an epoch.
+    np.testing.assert_allclose(r.history.learning_rate, 0.05 * 0.8 ** (4 * np.arange(4)), rtol=1e-5)
+    np.testing.assert_allclose(s.history.learning_rate, 0.2 / (1 + np.arange(4)), rtol=1e-6)
