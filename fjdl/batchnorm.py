@@ -26,19 +26,20 @@ import jax
 import jax.numpy as jnp
 
 from fjdl import _checks
+from fjdl._types import AxisName, DTypeLike, Hyperparameter
 
 
-def _stats_dtype(dtype):
+def _stats_dtype(dtype: jnp.dtype) -> jnp.dtype:
     # Statistics in at least float32 (flax nnx does the same): float16 sums lose too much.
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
-def _batch_axes(z) -> tuple[int, ...]:
+def _batch_axes(z: jax.Array) -> tuple[int, ...]:
     """Every axis but the last (channels): ``(0,)`` for ``(m, n_units)``, ``(0, 1, 2)`` for images."""
     return tuple(range(z.ndim - 1))
 
 
-def _check_z(z):
+def _check_z(z: jax.typing.ArrayLike) -> jax.Array:
     z = jnp.asarray(z)
     if z.ndim < 2:
         raise ValueError(
@@ -48,7 +49,9 @@ def _check_z(z):
     return z
 
 
-def _check_affine(z, gamma, beta):
+def _check_affine(
+    z: jax.typing.ArrayLike, gamma: jax.typing.ArrayLike, beta: jax.typing.ArrayLike
+) -> jax.Array:
     z = _check_z(z)
     C = z.shape[-1]
     _checks.check_shape("gamma", gamma, (C,))
@@ -56,7 +59,7 @@ def _check_affine(z, gamma, beta):
     return z
 
 
-def _check_running(running, C):
+def _check_running(running: object, C: int) -> None:
     if not isinstance(running, Mapping) or not {"mean", "var"} <= set(running):
         raise TypeError(
             "running must be a dict with keys 'mean' and 'var' (see init_running), "
@@ -66,7 +69,7 @@ def _check_running(running, C):
     _checks.check_shape("running['var']", running["var"], (C,))
 
 
-def init_running(n_units: int, dtype=jnp.float32) -> dict:
+def init_running(n_units: int, dtype: DTypeLike = jnp.float32) -> dict[str, jax.Array]:
     """Running statistics before any batch: mean 0, variance 1 (so eval mode starts as identity).
 
     Args:
@@ -80,7 +83,9 @@ def init_running(n_units: int, dtype=jnp.float32) -> dict:
     return {"mean": jnp.zeros((n_units,), dtype), "var": jnp.ones((n_units,), dtype)}
 
 
-def batch_stats(z: jax.typing.ArrayLike, axis_name=None) -> tuple[jax.Array, jax.Array]:
+def batch_stats(
+    z: jax.typing.ArrayLike, axis_name: AxisName | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Mean and biased variance of ``z`` over every axis but the last.
 
     Args:
@@ -110,13 +115,28 @@ def batch_stats(z: jax.typing.ArrayLike, axis_name=None) -> tuple[jax.Array, jax
     return mean, var
 
 
-def _normalize(z, gamma, beta, mean, var, eps):
+def _normalize(
+    z: jax.Array,
+    gamma: jax.typing.ArrayLike,
+    beta: jax.typing.ArrayLike,
+    mean: jax.Array,
+    var: jax.Array,
+    eps: float,
+) -> jax.Array:
     dt = _stats_dtype(z.dtype)
     z_norm = (z.astype(dt) - mean.astype(dt)) / jnp.sqrt(var.astype(dt) + eps)
+    gamma, beta = jnp.asarray(gamma), jnp.asarray(beta)
     return (gamma.astype(dt) * z_norm + beta.astype(dt)).astype(z.dtype)
 
 
-def normalize_train(z, gamma, beta, eps: float = 1e-5, *, axis_name=None):
+def normalize_train(
+    z: jax.typing.ArrayLike,
+    gamma: jax.typing.ArrayLike,
+    beta: jax.typing.ArrayLike,
+    eps: float = 1e-5,
+    *,
+    axis_name: AxisName | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Batch norm in training mode: normalize with this batch's own statistics.
 
     Args:
@@ -146,7 +166,11 @@ def normalize_train(z, gamma, beta, eps: float = 1e-5, *, axis_name=None):
     return _normalize(z, gamma, beta, mean, var, eps), (mean, var)
 
 
-def update_running(running: dict, batch_stats: tuple, momentum=0.9) -> dict:
+def update_running(
+    running: Mapping[str, jax.Array],
+    batch_stats: tuple[jax.Array, jax.Array],
+    momentum: Hyperparameter = 0.9,
+) -> dict[str, jax.Array]:
     """Exponentially weighted average of the batch statistics, for use at test time.
 
     .. math::
@@ -179,7 +203,13 @@ def update_running(running: dict, batch_stats: tuple, momentum=0.9) -> dict:
     }
 
 
-def normalize_eval(z, gamma, beta, running: dict, eps: float = 1e-5):
+def normalize_eval(
+    z: jax.typing.ArrayLike,
+    gamma: jax.typing.ArrayLike,
+    beta: jax.typing.ArrayLike,
+    running: Mapping[str, jax.Array],
+    eps: float = 1e-5,
+) -> jax.Array:
     """Batch norm in evaluation mode: normalize with the running statistics.
 
     .. math::

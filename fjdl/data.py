@@ -33,18 +33,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from fjdl import _checks
-from fjdl._types import PRNGKey
+from fjdl._types import Hyperparameter, PRNGKey
 
 # --------------------------------------------------------------------------------------------------
 # Validation helpers
 
 
-def _check_key(name: str, key) -> None:
+def _check_key(name: str, key: PRNGKey | None) -> PRNGKey:
     if key is None:
         raise TypeError(f"{name} needs a PRNG key: pass key=jax.random.key(seed)")
+    return key
 
 
-def _check_x(X, name: str = "X"):
+def _check_x(X: jax.Array, name: str = "X") -> jax.Array:
     """An array of shape ``(m, ...)``: at least 2 dimensions and ``m > 0``."""
     if X.ndim < 2:
         raise ValueError(
@@ -56,7 +57,9 @@ def _check_x(X, name: str = "X"):
     return X
 
 
-def _check_xy(X, Y, x_name: str = "X", y_name: str = "Y"):
+def _check_xy(
+    X: jax.typing.ArrayLike, Y: jax.typing.ArrayLike, x_name: str = "X", y_name: str = "Y"
+) -> tuple[jax.Array, jax.Array]:
     """Arrays ``X`` of shape ``(m, ...)`` with ``m > 0`` and ``Y`` with ``m`` rows."""
     X = _check_x(jnp.asarray(X), x_name)
     Y = jnp.asarray(Y)
@@ -68,7 +71,7 @@ def _check_xy(X, Y, x_name: str = "X", y_name: str = "Y"):
     return X, Y
 
 
-def _as_float(X):
+def _as_float(X: jax.typing.ArrayLike) -> jax.Array:
     X = jnp.asarray(X)
     return X if jnp.issubdtype(X.dtype, jnp.inexact) else X.astype(jnp.float32)
 
@@ -459,11 +462,11 @@ def standardize(X: jax.typing.ArrayLike, stats: Standardizer) -> jax.Array:
 # Built-in datasets
 
 
-def _check_n(n) -> None:
+def _check_n(n: int) -> None:
     _checks.check_positive_int("n", n)
 
 
-def _shuffled(key, X, Y):
+def _shuffled(key: PRNGKey, X: jax.Array, Y: jax.Array) -> tuple[jax.Array, jax.Array]:
     perm = jax.random.permutation(key, X.shape[0])
     return X[perm], Y[perm]
 
@@ -473,7 +476,9 @@ def _class_sizes(n: int, n_classes: int) -> list[int]:
     return [n // n_classes + (j < n % n_classes) for j in range(n_classes)]
 
 
-def make_moons(key: PRNGKey, n: int, noise: float = 0.2) -> tuple[jax.Array, jax.Array]:
+def make_moons(
+    key: PRNGKey, n: int, noise: Hyperparameter = 0.2
+) -> tuple[jax.Array, jax.Array]:
     """Two interleaving half circles, as scikit-learn's ``make_moons``, with a JAX key.
 
     The outer moon (label 0) is ``(cos t, sin t)`` and the inner one (label 1) is
@@ -512,7 +517,7 @@ def make_moons(key: PRNGKey, n: int, noise: float = 0.2) -> tuple[jax.Array, jax
 
 
 def make_circles(
-    key: PRNGKey, n: int, noise: float = 0.1, factor: float = 0.5
+    key: PRNGKey, n: int, noise: Hyperparameter = 0.1, factor: float = 0.5
 ) -> tuple[jax.Array, jax.Array]:
     """A circle inside a larger one, as scikit-learn's ``make_circles``, with a JAX key.
 
@@ -555,7 +560,7 @@ def make_circles(
 
 
 def make_spirals(
-    key: PRNGKey, n: int, n_classes: int = 3, noise: float = 0.2
+    key: PRNGKey, n: int, n_classes: int = 3, noise: Hyperparameter = 0.2
 ) -> tuple[jax.Array, jax.Array]:
     """Interleaved spiral arms, one per class (after CS231n's spiral dataset), with a JAX key.
 
@@ -599,7 +604,7 @@ def make_spirals(
 
 
 def make_blobs(
-    key: PRNGKey, n: int, centers: int | jax.typing.ArrayLike = 3, std: float = 0.5
+    key: PRNGKey, n: int, centers: int | jax.typing.ArrayLike = 3, std: Hyperparameter = 0.5
 ) -> tuple[jax.Array, jax.Array]:
     """Gaussian blobs in 2-D, one per class, with a JAX key.
 
@@ -694,6 +699,7 @@ class Dataset(NamedTuple):
 
 
 DATASETS = ("moons", "circles", "spirals", "blobs", "digits")
+"""The names of the built-in datasets, as :func:`load_dataset` takes them."""
 _DEFAULT_NOISE = {"moons": 0.2, "circles": 0.1, "spirals": 0.2, "blobs": 0.5}
 
 
@@ -732,7 +738,7 @@ def load_dataset(
     if name == "digits":
         X, Y = load_digits()
         return Dataset(X, Y, 10, "softmax", (8, 8), name)
-    _check_key(f"load_dataset({name!r})", key)
+    key = _check_key(f"load_dataset({name!r})", key)
     noise = _DEFAULT_NOISE[name] if noise is None else noise
     if name == "moons":
         X, Y = make_moons(key, n, noise=noise)
@@ -750,7 +756,9 @@ def load_dataset(
 # Augmentation
 
 
-def _image_view(images, image_shape) -> tuple[int, int, int, int]:
+def _image_view(
+    images: jax.Array, image_shape: Sequence[int] | None
+) -> tuple[int, int, int, int]:
     """``(m, H, W, C)`` that ``images`` is viewed as (``C = 1`` without a channel axis); checks."""
     if image_shape is not None:
         if (
@@ -784,7 +792,8 @@ def _image_view(images, image_shape) -> tuple[int, int, int, int]:
             "images must have shape (m, H, W), (m, H, W, C) (channels last) or (m, H * W) with "
             f"image_shape, got {images.shape}"
         )
-    return (*shape, 1) if len(shape) == 3 else shape
+    m, H, W, C = (*shape, 1) if len(shape) == 3 else shape
+    return m, H, W, C
 
 
 def augment(

@@ -48,10 +48,12 @@ for Machine Learning"), and *Structuring Machine Learning Projects*, week 1 ("Av
 import dataclasses
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
 from fjdl import _checks
+from fjdl._types import ArrayLike
 
 DEFAULT_THRESHOLD = 0.015
 """A gap of more than 1.5 percentage points counts as high."""
@@ -128,7 +130,7 @@ class Diagnosis:
         return "\n".join(lines)
 
 
-def _as_fraction(name: str, value, what: str) -> float:
+def _as_fraction(name: str, value: Any, what: str) -> float:
     if isinstance(value, bool) or value is None:
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if not isinstance(value, numbers.Real):
@@ -144,9 +146,9 @@ def _as_fraction(name: str, value, what: str) -> float:
 
 
 def diagnose(
-    train_error: float,
-    dev_error: float,
-    human_error: float = 0.0,
+    train_error: ArrayLike,
+    dev_error: ArrayLike,
+    human_error: ArrayLike = 0.0,
     *,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> Diagnosis:
@@ -253,9 +255,9 @@ def diagnose(
 
 
 def diagnose_accuracy(
-    train_acc: float,
-    dev_acc: float,
-    human_acc: float = 1.0,
+    train_acc: ArrayLike,
+    dev_acc: ArrayLike,
+    human_acc: ArrayLike = 1.0,
     *,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> Diagnosis:

@@ -44,13 +44,13 @@ import jax
 import jax.numpy as jnp
 
 from fjdl import _checks
-from fjdl._types import Params, PRNGKey
+from fjdl._types import DTypeLike, Params, PRNGKey, Shape
 
 Initializer = Callable[[PRNGKey, tuple[int, ...]], jax.Array]
 """``(key, shape) -> W``: every scheme below (extra arguments such as ``scale`` have defaults)."""
 
 
-def _dims(shape) -> tuple[int, ...]:
+def _dims(shape: Shape) -> tuple[int, ...]:
     """``shape`` as a tuple of positive ints (any number of dimensions)."""
     if not isinstance(shape, tuple | list):
         raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
@@ -60,7 +60,7 @@ def _dims(shape) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
-def _kernel_dims(shape) -> tuple[int, ...]:
+def _kernel_dims(shape: Shape) -> tuple[int, ...]:
     """``shape`` as a tuple of at least two positive ints ``(*receptive_field, n_in, n_out)``."""
     if not isinstance(shape, tuple | list) or len(shape) < 2:
         raise ValueError(
@@ -97,7 +97,7 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
     return receptive_field * dims[-2], receptive_field * dims[-1]
 
 
-def zeros(key: PRNGKey | None, shape, dtype=jnp.float32) -> jax.Array:
+def zeros(key: PRNGKey | None, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """All zeros. Fine for biases; for weights every unit of a layer stays identical forever.
 
     Args:
@@ -116,7 +116,9 @@ def zeros(key: PRNGKey | None, shape, dtype=jnp.float32) -> jax.Array:
     return jnp.zeros(_dims(shape), dtype)
 
 
-def random_normal(key: PRNGKey, shape, scale: float = 0.01, dtype=jnp.float32) -> jax.Array:
+def random_normal(
+    key: PRNGKey, shape: Shape, scale: float = 0.01, dtype: DTypeLike = jnp.float32
+) -> jax.Array:
     """Gaussian weights with a fixed standard deviation: ``W = scale * N(0, 1)``.
 
     Args:
@@ -137,7 +139,12 @@ def random_normal(key: PRNGKey, shape, scale: float = 0.01, dtype=jnp.float32) -
     return scale * jax.random.normal(key, _kernel_dims(shape), dtype)
 
 
-def _scaled(key, shape, variance_numerator, dtype):
+def _scaled(
+    key: PRNGKey,
+    shape: Shape,
+    variance_numerator: Callable[[int, int], float],
+    dtype: DTypeLike,
+) -> jax.Array:
     """``W = N(0, 1) * sqrt(variance_numerator(fan_in, fan_out))``: every scaled scheme."""
     dims = _kernel_dims(shape)
     fan_in, fan_out = fans(dims)
@@ -146,7 +153,7 @@ def _scaled(key, shape, variance_numerator, dtype):
     )
 
 
-def he(key: PRNGKey, shape, dtype=jnp.float32) -> jax.Array:
+def he(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """He initialization: ``W = N(0, 1) * sqrt(2 / fan_in)``, made for ReLU layers.
 
     .. math::
@@ -177,7 +184,7 @@ def he(key: PRNGKey, shape, dtype=jnp.float32) -> jax.Array:
     return _scaled(key, shape, lambda fan_in, fan_out: 2.0 / fan_in, dtype)
 
 
-def xavier(key: PRNGKey, shape, dtype=jnp.float32) -> jax.Array:
+def xavier(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """The course's "Xavier" initialization: ``W = N(0, 1) * sqrt(1 / fan_in)``, for tanh layers.
 
     Args:
@@ -200,7 +207,7 @@ def xavier(key: PRNGKey, shape, dtype=jnp.float32) -> jax.Array:
     return _scaled(key, shape, lambda fan_in, fan_out: 1.0 / fan_in, dtype)
 
 
-def glorot(key: PRNGKey, shape, dtype=jnp.float32) -> jax.Array:
+def glorot(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """Glorot (Glorot & Bengio, 2010) normal: ``W = N(0, 1) * sqrt(2 / (fan_in + fan_out))``.
 
     Args:
@@ -226,6 +233,7 @@ SCHEMES: dict[str, Initializer] = {
     "xavier": xavier,
     "glorot": glorot,
 }
+"""The initializers by name, as ``fjdl.model.init(key, config, scheme=...)`` takes them."""
 
 
 def get(scheme: str | Initializer) -> Initializer:
@@ -238,7 +246,10 @@ def get(scheme: str | Initializer) -> Initializer:
 
 
 def init_mlp(
-    key: PRNGKey, sizes: Sequence[int], scheme: str | Initializer = "he", dtype=jnp.float32
+    key: PRNGKey,
+    sizes: Sequence[int],
+    scheme: str | Initializer = "he",
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """Parameters of a dense network: one ``{"W", "b"}`` dict per layer, one key per layer.
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fjdl import _checks
-from fjdl._types import PRNGKey
+from fjdl._types import Hyperparameter, PRNGKey
 
 
 def sigmoid(x: jax.typing.ArrayLike) -> jax.Array:
@@ -59,9 +59,12 @@ def softmax(x: jax.typing.ArrayLike, axis: int = -1) -> jax.Array:
 
 
 ACTIVATIONS = {"relu": relu, "tanh": tanh, "sigmoid": sigmoid, "leaky_relu": leaky_relu}
+"""The activations by name, as ``MLP(activation=...)`` takes them."""
 
 
-def dropout(key: PRNGKey | None, x: jax.typing.ArrayLike, keep_prob) -> jax.Array:
+def dropout(
+    key: PRNGKey | None, x: jax.typing.ArrayLike, keep_prob: Hyperparameter
+) -> jax.Array:
     """Inverted dropout: keep each unit with probability ``keep_prob``, scale kept units up.
 
     .. math::

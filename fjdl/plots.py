@@ -4,12 +4,26 @@ Every function draws on a figure it creates with the non-interactive Agg backend
 file, so it works on machines without a screen.
 """
 
+import os
+import types
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
 import numpy as np
 
 from fjdl import model
+from fjdl._types import Params, State
+
+if TYPE_CHECKING:  # matplotlib is optional, and fjdl.train sits above this module's imports
+    from matplotlib.axes import Axes
+
+    from fjdl.train import History, TrainState
+
+_PathLike = str | os.PathLike[str]
 
 
-def _pyplot():
+def _pyplot() -> types.ModuleType:
     try:
         import matplotlib
     except ImportError as err:  # pragma: no cover - matplotlib is in the test extra
@@ -20,7 +34,17 @@ def _pyplot():
     return plt
 
 
-def decision_boundary(ax, config, params, model_state, X, Y, *, resolution=200, title=None):
+def decision_boundary(
+    ax: "Axes",
+    config: model.MLP,
+    params: Params,
+    model_state: State,
+    X: jax.typing.ArrayLike,
+    Y: jax.typing.ArrayLike,
+    *,
+    resolution: int = 200,
+    title: str | None = None,
+) -> None:
     """Shade ``ax`` by the class the model predicts over the square around the 2-D points ``X``."""
     X = np.asarray(X)
     if X.shape[1] != 2:
@@ -46,7 +70,7 @@ def decision_boundary(ax, config, params, model_state, X, Y, *, resolution=200, 
     ax.set_title(title or "decision boundary")
 
 
-def cost_curve(ax, history, *, title="cost per epoch"):
+def cost_curve(ax: "Axes", history: "History", *, title: str = "cost per epoch") -> None:
     """Training cost (and dev cost, when recorded) per epoch."""
     epochs = np.arange(len(history.cost))
     ax.plot(epochs, history.cost, label="train cost")
@@ -59,7 +83,13 @@ def cost_curve(ax, history, *, title="cost per epoch"):
     ax.legend()
 
 
-def training_report(config, state, history, train_data, path):
+def training_report(
+    config: model.MLP,
+    state: "TrainState",
+    history: "History",
+    train_data: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike],
+    path: _PathLike,
+) -> _PathLike:
     """Cost curve, and the decision boundary for 2-D inputs, written to ``path``. Returns ``path``."""
     plt = _pyplot()
     two_d = config.sizes[0] == 2
@@ -75,8 +105,14 @@ def training_report(config, state, history, train_data, path):
 
 
 def search_scatter(
-    trials, path, *, x="learning_rate", y=None, color="dev_accuracy", title="random search"
-):
+    trials: Iterable[Mapping[str, Any]],
+    path: _PathLike,
+    *,
+    x: str = "learning_rate",
+    y: str | None = None,
+    color: str = "dev_accuracy",
+    title: str = "random search",
+) -> _PathLike:
     """Scatter of a search's trials, coloured by ``color``, written to ``path``. Returns ``path``.
 
     ``x`` is drawn on a log axis; a ``y`` whose name starts with ``beta`` is drawn as ``1 - beta``

@@ -31,20 +31,21 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from hypothesis import strategies as st
 
 from fjdl import _checks, batchnorm, gradcheck, initializers, model, nn
-from fjdl._types import Params, PRNGKey, State
+from fjdl._types import DTypeLike, Params, PRNGKey, State
 
 
 def assert_gradients_match(
-    f: Callable[[Params], object],
+    f: Callable[[Params], jax.Array],
     params: Params,
     grads: Params | None = None,
     *,
     epsilon: float = 1e-7,
     max_difference: float = 1e-7,
-    dtype=jnp.float64,
+    dtype: DTypeLike = jnp.float64,
 ) -> gradcheck.GradCheckResult:
     """Assert that ``grads`` (default ``jax.grad(f)``) match the numerical gradient of ``f``.
 
@@ -88,7 +89,7 @@ def assert_gradients_match(
     return result
 
 
-def _seeds():
+def _seeds() -> st.SearchStrategy[int]:
     return st.integers(min_value=0, max_value=2**32 - 1)
 
 
@@ -102,7 +103,7 @@ def mlp_configs(
     outputs: Sequence[str] = ("sigmoid", "softmax"),
     batchnorm: bool | None = None,
     dropout: bool = False,
-) -> st.SearchStrategy:
+) -> st.SearchStrategy[model.MLP]:
     """Strategy: small :class:`fjdl.model.MLP` configs.
 
     Args:
@@ -143,7 +144,15 @@ def mlp_configs(
 
 @st.composite
 def _mlp_configs(
-    draw, min_layers, max_layers, min_width, max_width, activations, outputs, batchnorm, dropout
+    draw: st.DrawFn,
+    min_layers: int,
+    max_layers: int,
+    min_width: int,
+    max_width: int,
+    activations: tuple[str, ...],
+    outputs: tuple[str, ...],
+    batchnorm: bool | None,
+    dropout: bool,
 ) -> model.MLP:
     L = draw(st.integers(min_layers, max_layers))
     widths = [draw(st.integers(min_width, max_width)) for _ in range(L)]
@@ -162,7 +171,9 @@ def _mlp_configs(
     )
 
 
-def params_for(config: model.MLP, *, dtype=np.float64, bias_scale: float = 0.1):
+def params_for(
+    config: model.MLP, *, dtype: npt.DTypeLike = np.float64, bias_scale: float = 0.1
+) -> st.SearchStrategy[Params]:
     """Strategy: parameters for ``config``, drawn from a seed.
 
     Weights are Xavier-scaled normals (std ``sqrt(1 / n_in)``); biases and ``beta`` normal with std
@@ -193,13 +204,15 @@ def params_for(config: model.MLP, *, dtype=np.float64, bias_scale: float = 0.1):
     return _params_for(config, np.dtype(dtype), bias_scale)
 
 
-def _check_config(config):
+def _check_config(config: object) -> None:
     if not isinstance(config, model.MLP):
         raise TypeError(f"config must be an fjdl.model.MLP, got {type(config).__name__}")
 
 
 @st.composite
-def _params_for(draw, config, dtype, bias_scale) -> Params:
+def _params_for(
+    draw: st.DrawFn, config: model.MLP, dtype: np.dtype, bias_scale: float
+) -> Params:
     rng = np.random.default_rng(draw(_seeds()))
     params = []
     for l, (n_in, n_out) in enumerate(zip(config.sizes[:-1], config.sizes[1:])):
@@ -218,8 +231,8 @@ def datasets(
     *,
     min_examples: int = 4,
     max_examples: int = 8,
-    dtype=np.float64,
-):
+    dtype: npt.DTypeLike = np.float64,
+) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
     """Strategy: a small ``(X, Y)`` with labels valid for ``config``'s output.
 
     ``X`` is standard normal, shape ``(m, n_x)``. ``Y`` is, for a sigmoid output, 0/1 floats of
@@ -249,7 +262,9 @@ def datasets(
 
 
 @st.composite
-def _datasets(draw, config, min_examples, max_examples, dtype):
+def _datasets(
+    draw: st.DrawFn, config: model.MLP, min_examples: int, max_examples: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
     m = draw(st.integers(min_examples, max_examples))
     rng = np.random.default_rng(draw(_seeds()))
     X = rng.standard_normal((m, config.sizes[0])).astype(dtype)
@@ -319,7 +334,7 @@ class ConvNet:
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.channels, int) or not all(
             isinstance(c, int | np.integer) for c in self.channels
         ):
@@ -340,7 +355,7 @@ class ConvNet:
         """``("conv1", ..., "dense")``: the keys of the parameters."""
         return (*(f"conv{i + 1}" for i in range(len(self.channels))), "dense")
 
-    def init(self, key: PRNGKey, *, dtype=jnp.float32) -> tuple[Params, State]:
+    def init(self, key: PRNGKey, *, dtype: DTypeLike = jnp.float32) -> tuple[Params, State]:
         """He-initialized kernels (std ``sqrt(2 / fan_in)``, fan-in ``3 * 3 * n_in``), ``gamma``
         1, ``beta`` and ``b`` 0; running mean 0, variance 1. One key per layer."""
         keys = jax.random.split(key, len(self.channels) + 1)
@@ -395,7 +410,9 @@ class ConvNet:
             pooled = nn.dropout(key, pooled, self.keep_prob)
         return pooled @ params["dense"]["W"] + params["dense"]["b"], new_state
 
-    def _batchnorm(self, z, layer, running, train):
+    def _batchnorm(
+        self, z: jax.Array, layer: Params, running: State, train: bool
+    ) -> tuple[jax.Array, State]:
         """Per-channel statistics over the examples and every position (``(m, H, W)``)."""
         if train:
             out, stats = batchnorm.normalize_train(z, layer["gamma"], layer["beta"], self.bn_eps)
@@ -406,7 +423,7 @@ class ConvNet:
 
 def convnets(
     *, max_layers: int = 2, max_channels: int = 4, max_classes: int = 4, dropout: bool = False
-) -> st.SearchStrategy:
+) -> st.SearchStrategy[ConvNet]:
     """Strategy: small :class:`ConvNet` configs, for property tests of code that takes any model.
 
     Args:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fjdl import _checks, optim
+from fjdl._types import Hyperparameter
 
 PLATEAU_Y = 3.0
 """Where :func:`saddle_plateau`'s plateau begins: for ``|y| > 3`` the slope is below 0.02."""
@@ -63,7 +64,7 @@ def saddle_plateau(p: jax.typing.ArrayLike) -> jax.Array:
     return x**2 - y**2 * jnp.exp(1 - y**2)
 
 
-def elongated_quadratic(p: jax.typing.ArrayLike, condition=20.0) -> jax.Array:
+def elongated_quadratic(p: jax.typing.ArrayLike, condition: Hyperparameter = 20.0) -> jax.Array:
     r"""A narrow valley: :math:`f(x, y) = \tfrac{1}{2} (x^2 + \kappa\, y^2)`, with ``condition``.
 
     The minimum is at the origin. The valley is long along :math:`x` and narrow (steep) along

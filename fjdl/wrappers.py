@@ -33,6 +33,7 @@ import functools
 import importlib
 import inspect
 import sys
+import types
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -47,7 +48,7 @@ BATCH_AXIS = "batch"
 ``eqx.nn.BatchNorm(..., axis_name="batch")``."""
 
 
-def _require(module: str, package: str, caller: str):
+def _require(module: str, package: str, caller: str) -> types.ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -208,7 +209,7 @@ def from_flax(module: Any, example_x: Any) -> FlaxModel:
 # equinox
 
 
-def _same_array(a, b) -> bool:
+def _same_array(a: Any, b: Any) -> bool:
     if a is b:
         return True
     if np.shape(a) != np.shape(b) or a.dtype != b.dtype:
@@ -246,7 +247,7 @@ class EquinoxModel:
     has_dropout: bool
 
     @functools.cached_property
-    def _identity(self):
+    def _identity(self) -> tuple[Hashable, tuple[Any, ...]]:
         """(hashable part, arrays compared by value) of what makes this model what it is; computed
         once, as ``jit`` hashes its static arguments at every call."""
         if self.factory is not None:
@@ -257,13 +258,13 @@ class EquinoxModel:
         specs = tuple((np.shape(a), str(a.dtype)) for a in arrays)
         return (treedef, others, specs, self.axis_name), arrays
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, EquinoxModel):
             return False
         (mine, my_arrays), (theirs, their_arrays) = self._identity, other._identity
         return mine == theirs and all(map(_same_array, my_arrays, their_arrays))
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((EquinoxModel, self._identity[0]))
 
     def init(self, key: PRNGKey) -> tuple[Params, State]:
@@ -271,6 +272,7 @@ class EquinoxModel:
         module given (``key`` then unused)."""
         eqx = _require("equinox", "equinox", "from_equinox")
         if self.factory is None:
+            assert self.initial is not None  # from_equinox sets it whenever there is no factory
             params, state = self.initial
         else:
             module, state = _module_and_state(eqx, self.factory(key), None, from_factory=True)
@@ -313,13 +315,15 @@ class EquinoxModel:
         return out, (new_state if train else state)
 
 
-def _is_flax_module(obj) -> bool:
+def _is_flax_module(obj: object) -> bool:
     """Whether ``obj`` is a flax module (flax is loaded when there is one)."""
     kinds = [sys.modules.get("flax.linen"), sys.modules.get("flax.nnx")]
     return any(kind is not None and isinstance(obj, kind.Module) for kind in kinds)
 
 
-def _module_and_state(eqx, module, state, from_factory=False):
+def _module_and_state(
+    eqx: types.ModuleType, module: Any, state: Any, from_factory: bool = False
+) -> tuple[Any, Any]:
     """Split a module's initial state (batch norm) out of it, as ``eqx.nn.make_with_state`` does.
 
     A factory's output may be a module or ``(module, state)``."""
