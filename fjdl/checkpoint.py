@@ -112,7 +112,11 @@ def _encode(path: str, leaf) -> tuple[np.ndarray, dict]:
     if isinstance(leaf, jax.Array) and _is_key_dtype(leaf.dtype):
         data = np.asarray(jax.random.key_data(leaf))
         impl = str(jax.random.key_impl(leaf))
-        record = {"shape": list(leaf.shape), "dtype": str(leaf.dtype), "key_impl": impl}
+        record: dict[str, Any] = {
+            "shape": list(leaf.shape),
+            "dtype": str(leaf.dtype),
+            "key_impl": impl,
+        }
         return data, record | {"path": path, "stored": data.dtype.name}
     arr = np.asarray(leaf)
     if not arr.dtype.isnative:
@@ -568,7 +572,9 @@ def load_model(path: str | os.PathLike, model=None) -> tuple[Any, Any, Any]:
             )
         config = description.get("config", {})
         try:
-            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+            fields: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+            }
             model = model_lib.MLP(**fields)
         except (TypeError, ValueError) as e:
             raise _refuse(path, f"its MLP config {config!r} is not valid: {e}") from None

@@ -139,18 +139,42 @@ def random_normal(
     return scale * jax.random.normal(key, _kernel_dims(shape), dtype)
 
 
-def _scaled(
-    key: PRNGKey,
-    shape: Shape,
-    variance_numerator: Callable[[int, int], float],
-    dtype: DTypeLike,
-) -> jax.Array:
-    """``W = N(0, 1) * sqrt(variance_numerator(fan_in, fan_out))``: every scaled scheme."""
+_VARIANCES: dict[str, Callable[[int, int], float]] = {
+    "he": lambda fan_in, fan_out: 2.0 / fan_in,
+    "xavier": lambda fan_in, fan_out: 1.0 / fan_in,
+    "glorot": lambda fan_in, fan_out: 2.0 / (fan_in + fan_out),
+}
+
+
+def normal_scale(scheme: str, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array | None:
+    """The standard deviation ``sigma`` of a named scheme's weights of ``shape``: each draws
+    ``W = sigma * N(0, 1)`` (``random_normal`` with its default scale 0.01); ``None`` for
+    ``"zeros"``, which draws nothing.
+
+    :func:`fjdl.tune.train_many` uses it to initialize MLPs of several widths in one program
+    (the draw of a narrow layer is the start of a wider one's, and only ``sigma`` depends on the
+    shape).
+
+    Example:
+      >>> float(normal_scale("he", (8, 3))) == float(jnp.sqrt(2.0 / 8))
+      True
+    """
+    if scheme == "zeros":
+        return None
+    if scheme == "random_normal":
+        return jnp.asarray(0.01, dtype)
+    if scheme not in _VARIANCES:
+        raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
+    fan_in, fan_out = fans(_kernel_dims(shape))
+    return jnp.sqrt(_VARIANCES[scheme](fan_in, fan_out)).astype(dtype)
+
+
+def _scaled(key: PRNGKey, shape: Shape, scheme: str, dtype: DTypeLike) -> jax.Array:
+    """``W = N(0, 1) * sqrt(variance(fan_in, fan_out))``: every scaled scheme."""
     dims = _kernel_dims(shape)
-    fan_in, fan_out = fans(dims)
-    return jnp.sqrt(variance_numerator(fan_in, fan_out)).astype(dtype) * jax.random.normal(
-        key, dims, dtype
-    )
+    sigma = normal_scale(scheme, dims, dtype)
+    assert sigma is not None  # every scaled scheme has one
+    return sigma * jax.random.normal(key, dims, dtype)
 
 
 def he(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
@@ -181,7 +205,7 @@ def he(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
       ``jax.nn.initializers.he_normal`` and Keras' ``HeNormal`` draw from a truncated normal
       rescaled to the same standard deviation.
     """
-    return _scaled(key, shape, lambda fan_in, fan_out: 2.0 / fan_in, dtype)
+    return _scaled(key, shape, "he", dtype)
 
 
 def xavier(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
@@ -204,7 +228,7 @@ def xavier(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Ar
       Keras' ``GlorotNormal`` and PyTorch's ``xavier_normal_`` use ``sqrt(2 / (fan_in + fan_out))``:
       that is :func:`glorot` here.
     """
-    return _scaled(key, shape, lambda fan_in, fan_out: 1.0 / fan_in, dtype)
+    return _scaled(key, shape, "xavier", dtype)
 
 
 def glorot(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
@@ -223,7 +247,7 @@ def glorot(key: PRNGKey, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Ar
       >>> glorot(jax.random.key(0), (3, 3, 1, 16)).shape  # std sqrt(2 / (9 + 144))
       (3, 3, 1, 16)
     """
-    return _scaled(key, shape, lambda fan_in, fan_out: 2.0 / (fan_in + fan_out), dtype)
+    return _scaled(key, shape, "glorot", dtype)
 
 
 SCHEMES: dict[str, Initializer] = {

@@ -140,7 +140,8 @@ def to_host(tree):
     )
     host = [np.asarray(next(gathered) if s else a) for a, s in zip(leaves, spans)]
     host = [
-        h if impl is None else jax.random.wrap_key_data(h, impl=impl) for h, impl in zip(host, impls)
+        h if impl is None else jax.random.wrap_key_data(jnp.asarray(h), impl=impl)
+        for h, impl in zip(host, impls)
     ]
     return jax.tree.unflatten(treedef, host)
 

@@ -54,7 +54,9 @@ class TrainState(NamedTuple):
 class Hyperparams(NamedTuple):
     """Tunable hyperparameters, as arrays (scalars, or batched under ``vmap``)."""
 
-    learning_rate: jax.Array
+    # A scalar array, or a schedule of :mod:`fjdl.schedules` (a pytree of arrays that is also a
+    # function of the count): ``Any``, as no type names both.
+    learning_rate: Any
     lambd: jax.Array
     l1: jax.Array
     keep_probs: jax.Array  # an MLP's (n_hidden,), ones where it has no dropout; (0,) for others
@@ -62,13 +64,17 @@ class Hyperparams(NamedTuple):
 
 
 class History(NamedTuple):
-    """Per-epoch records of a run (arrays of length ``epochs``, one row per epoch run)."""
+    """Per-epoch records of a run (arrays of length ``epochs``, one row per epoch run).
 
-    cost: jax.Array  # the training objective averaged over the epoch's examples
-    train_accuracy: jax.Array
-    dev_cost: jax.Array  # NaN without a dev set
-    dev_accuracy: jax.Array
-    learning_rate: jax.Array  # the rate used during the epoch
+    :func:`fit` returns NumPy arrays (copied to the host, cut to the epochs run); the compiled
+    loop (:func:`run_epochs`) fills ``jax.Array`` buffers of length ``epochs``, NaN where not run.
+    """
+
+    cost: jax.Array | np.ndarray  # the training objective averaged over the epoch's examples
+    train_accuracy: jax.Array | np.ndarray
+    dev_cost: jax.Array | np.ndarray  # NaN without a dev set
+    dev_accuracy: jax.Array | np.ndarray
+    learning_rate: jax.Array | np.ndarray  # the rate used during the epoch
 
 
 class TrainingDiverged(FloatingPointError):
@@ -601,8 +607,9 @@ def run_epochs(
             dev_cost = dev_acc = jnp.asarray(jnp.nan, cost.dtype)
         return jnp.stack([train_acc.astype(cost.dtype), dev_cost, dev_acc.astype(cost.dtype)])
 
-    def early_stopping(loop: Loop, new_state, epoch, finite, evaluate_now, dev_cost):
-        """The best-so-far and patience fields after an epoch (unchanged without patience)."""
+    def early_stopping(loop: Loop, new_state, epoch, finite, evaluate_now, dev_cost) -> Loop:
+        """``loop`` with its best-so-far and patience fields updated after an epoch (unchanged
+        without patience)."""
         best_params, best_ms = loop.best_params, loop.best_model_state
         best_cost, best_epoch = loop.best_cost, loop.best_epoch
         bad, stopped = loop.bad_epochs, loop.stopped_epoch
@@ -614,7 +621,14 @@ def run_epochs(
             best_epoch = jnp.where(improved, epoch, best_epoch)
             bad = jnp.where(improved, 0, jnp.where(evaluate_now, bad + 1, bad))
             stopped = jnp.where(finite & (bad >= patience), epoch, stopped)
-        return best_params, best_ms, best_cost, best_epoch, bad, stopped
+        return loop._replace(
+            best_params=best_params,
+            best_model_state=best_ms,
+            best_cost=best_cost,
+            best_epoch=best_epoch,
+            bad_epochs=bad,
+            stopped_epoch=stopped,
+        )
 
     def evaluate(new_state, cost, evaluate_now, always: bool):
         if always:
@@ -634,11 +648,13 @@ def run_epochs(
         row = (cost, train_acc, dev_cost, dev_acc, lr_of_epoch(epoch))
         history = History(
             *(
-                h.at[i].set(jnp.where(finite, v, jnp.nan).astype(h.dtype))
-                for h, v in zip(loop.history, row)
+                jnp.asarray(h).at[i].set(jnp.where(finite, v, jnp.nan).astype(h.dtype))
+                for h, v in zip(loop.history, row)  # jax arrays here (see History)
             )
         )
-        return Loop(new_state, state, *kept, diverged_epoch, i + 1, loop.fast, history)
+        return kept._replace(
+            state=new_state, previous=state, diverged_epoch=diverged_epoch, i=i + 1, history=history
+        )
 
     # Fast path: chunks of ``chunk`` epochs, each one ``lax.scan`` with no per-epoch bookkeeping
     # (no finiteness test, no history write, no metrics branch). A course-size full-batch run is
@@ -677,9 +693,7 @@ def run_epochs(
                 for h, v in zip(loop.history, rows)
             )
         )
-        advanced = Loop(
-            new_state, state, *kept, loop.diverged_epoch, i + chunk, loop.fast, history
-        )
+        advanced = kept._replace(state=new_state, previous=state, i=i + chunk, history=history)
         # Not finite: leave everything as it was and hand the chunk over to the per-epoch loop.
         stay = loop._replace(fast=jnp.zeros((), bool))
         return _select(finite, advanced, stay)
@@ -943,9 +957,8 @@ def fit(
     if state is None:
         key = _checks.check_key("key", key)
     if isinstance(config, MLP) and keep_probs is not None and config.keep_probs is None:
-        config = dataclasses.replace(
-            config, keep_probs=1.0
-        )  # dropout in, its rates from keep_probs
+        # Dropout in, its rates from keep_probs.
+        config = dataclasses.replace(config, keep_probs=(1.0,) * (config.n_layers - 1))
     loss = default_loss(config, loss)
     if not callable(is_weight):
         raise TypeError(f"is_weight must be a function (key path, leaf) -> bool, got {is_weight!r}")

@@ -291,3 +291,82 @@ def test_bad_arguments_are_refused_before_anything_compiles(moons):
     with pytest.raises(ValueError, match=r"training X must have shape \(m, 3\)"):
         tune.train_many([MLP((2, 3, 1)), MLP((3, 3, 1))], X, Y, keys=keys, epochs=1)
     assert tune.run_many._cache_size() == before
+
+
+@pytest.mark.parametrize("scheme", ["he", "xavier", "glorot", "random_normal", "zeros"])
+def test_one_program_initializes_every_width_as_model_init(scheme):
+    """init_padded (widths as arrays) gives each narrow model's own init, padded: exactly."""
+    wide = MLP((3, 9, 6, 2), batchnorm=True, output="softmax")
+    for hidden in ((9, 6), (4, 6), (2, 1)):
+        narrow = MLP((3, *hidden, 2), batchnorm=True, output="softmax")
+        key = jax.random.key(11)
+        scales = shapes.init_scales(narrow, scheme, jnp.float32)
+        (params, state), run_key = jax.jit(
+            lambda k, n, s: shapes.init_padded(k, n, s, wide=wide, dtype=jnp.float32)
+        )(key, jnp.asarray(narrow.sizes), None if scales is None else jnp.asarray(scales))
+        init_key, want_key = jax.random.split(key)
+        want_params, want_state = model.init(init_key, narrow, scheme)
+        wide_params, wide_state = model.init(init_key, wide, scheme)
+        chex.assert_trees_all_equal(params, shapes.pad(want_params, wide_params))
+        chex.assert_trees_all_equal(state, shapes.pad_model_state(want_state, wide_state))
+        assert jnp.array_equal(jax.random.key_data(run_key), jax.random.key_data(want_key))
+
+
+def test_coarse_to_fine_over_widths_and_optimizers_compiles_once_per_optimizer(moons):
+    """Two rounds, widths in [3, 12] and two optimizers: one training program per optimizer,
+    whatever widths each round samples (every round pads to the space's widest)."""
+    X, Y, Xd, Yd = moons
+    space = {
+        "learning_rate": tune.LogUniform(1e-3, 0.3),
+        "n_units": tune.UniformInt(3, 12),
+        "optimizer": tune.Choice(("adam", "momentum")),
+    }
+    before = tune.run_many._cache_size()
+    result = tune.coarse_to_fine(
+        space, X, Y, dev=(Xd, Yd), key=jax.random.key(0), n_trials=8, rounds=2,
+        config=MLP((2, 5, 1)), epochs=3, batch_size=16, progress=False,
+    )  # fmt: skip
+    assert tune.run_many._cache_size() - before == 2
+    assert {t["optimizer"] for t in result.trials} == {"adam", "momentum"}
+    assert all(3 <= t["n_units"] <= 12 and t["hidden"] == (t["n_units"],) for t in result.trials)
+    frame = result.to_pandas()
+    assert list(frame["rank"]) == list(range(1, 17))
+    best = result.best
+    ref = train.fit(
+        MLP((2, best["n_units"], 1)), X, Y, key=_trial_key(result, best),
+        optimizer=best["optimizer"], learning_rate=best["learning_rate"], epochs=3,
+        batch_size=16, eval_every=3, dev=(Xd, Yd), progress=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(best["dev_accuracy"], ref.history.dev_accuracy[-1], rtol=1e-6)
+    chex.assert_trees_all_close(result.state(best).params, ref.state.params, rtol=1e-5, atol=1e-6)
+
+
+def _trial_key(result, trial):
+    """The key a trial trained with: round r's key split like random_search splits it."""
+    round_key = jax.random.fold_in(jax.random.key(0), trial["round"] - 1)
+    _, train_key = jax.random.split(round_key)
+    return jax.random.split(train_key, 8)[trial["index"]]
+
+
+def test_random_search_over_models_of_any_kind(moons):
+    X, Y, Xd, Yd = moons
+
+    def init(key):
+        return {"w": jax.random.normal(key, (2, 4)) * 0.5, "v": jnp.zeros((4,))}, None
+
+    def apply(params, state, x, *, key=None, train=False):
+        return jnp.tanh(x @ params["w"]) @ params["v"], state
+
+    net = model.from_functions(init, apply)
+    space = {"model": tune.Choice((net, MLP((2, 6, 1)))), "lambd": tune.Uniform(0.0, 1.0)}
+    result = tune.random_search(
+        space, X, Y, dev=(Xd, Yd), key=jax.random.key(0), n_trials=6, epochs=2, loss="binary",
+        batch_size=16, progress=False,
+    )  # fmt: skip
+    kinds = {type(t["model"]).__name__ for t in result.trials}
+    assert kinds == {"FunctionModel", "MLP"} and len(result.runs[0].groups) == 2
+    with pytest.raises(ValueError, match="change an fjdl.MLP's layers"):
+        tune.random_search(
+            {"n_units": tune.UniformInt(2, 4)}, X, Y, dev=None, key=jax.random.key(1),
+            n_trials=2, config=net, epochs=1, loss="binary",
+        )  # fmt: skip

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fjdl import batchnorm, initializers
 from fjdl.model import MLP
 
 
@@ -28,9 +29,12 @@ def family_key(model):
     return ("model", model)
 
 
-def widest(configs: Sequence[MLP]) -> MLP:
-    """The config whose every hidden layer is as wide as the widest of ``configs`` there."""
+def widest(configs: Sequence[MLP], pad_to: Sequence[int] | None = None) -> MLP:
+    """The config whose every hidden layer is as wide as the widest of ``configs`` there (and at
+    least ``pad_to``, one width per hidden layer or one for all)."""
     hidden = np.max(np.array([hidden_widths(c) for c in configs]), axis=0)
+    if pad_to is not None:
+        hidden = np.maximum(hidden, np.broadcast_to(np.asarray(pad_to), hidden.shape))
     c = configs[0]
     return dataclasses.replace(c, sizes=(c.sizes[0], *(int(n) for n in hidden), c.sizes[-1]))
 
@@ -74,3 +78,49 @@ def pad_model_state(state, wide_state):
 def unpad(tree, narrow_tree):
     """The inverse of :func:`pad`: every leaf cut to the shape of the matching narrow leaf."""
     return jax.tree.map(lambda a, n: a[tuple(slice(0, k) for k in np.shape(n))], tree, narrow_tree)
+
+
+def init_scales(config: MLP, scheme: str, dtype) -> np.ndarray | None:
+    """Each layer's ``sigma`` under a named scheme (:func:`fjdl.initializers.normal_scale`), as
+    :func:`fjdl.model.init` computes it for ``config``; ``None`` for ``"zeros"``."""
+    scales = [
+        initializers.normal_scale(scheme, (n_in, n_out), dtype)
+        for n_in, n_out in zip(config.sizes[:-1], config.sizes[1:])
+    ]
+    if scales[0] is None:
+        return None
+    return np.array([np.asarray(s) for s in scales])
+
+
+def init_padded(key, sizes, scales, *, wide: MLP, dtype):
+    """:func:`fjdl.model.init` of the MLP of layer ``sizes`` (an int array, traced: any widths up
+    to ``wide``'s), padded to ``wide``, and the run's key, as :func:`fjdl.train.init_state`
+    splits them. One compiled program serves every width.
+
+    It draws each layer's ``N(0, 1)`` values at ``wide``'s size, flat, and takes element
+    ``i * n_out + j`` for ``W[i, j]``: JAX's counter-based random bits make a narrow draw the start
+    of a wider one (``normal(key, (n,))`` is ``normal(key, (N,))[:n]``, and a draw of shape
+    ``(n_in, n_out)`` is the flat one reshaped), so the weights are those of the narrow model's
+    own init, multiplied by the same ``sigma`` (``scales``, from :func:`init_scales`).
+    """
+    init_key, run_key = jax.random.split(key)
+    layer_keys = jax.random.split(init_key, wide.n_layers)
+    params, state = [], []
+    for l in range(wide.n_layers):
+        N_in, N_out = wide.sizes[l], wide.sizes[l + 1]
+        n_in, n_out = sizes[l], sizes[l + 1]
+        i, j = jnp.arange(N_in)[:, None], jnp.arange(N_out)[None, :]
+        real = (i < n_in) & (j < n_out)
+        if scales is None:  # "zeros"
+            W = jnp.zeros((N_in, N_out), dtype)
+        else:
+            z = jax.random.normal(layer_keys[l], (N_in * N_out,), dtype)
+            W = jnp.where(real, scales[l] * z[jnp.where(real, i * n_out + j, 0)], 0).astype(dtype)
+        unit = (jnp.arange(N_out) < n_out).astype(dtype)
+        if wide.is_bn_layer(l):
+            params.append({"W": W, "gamma": unit, "beta": jnp.zeros((N_out,), dtype)})
+            state.append(batchnorm.init_running(N_out, batchnorm._stats_dtype(jnp.dtype(dtype))))
+        else:
+            params.append({"W": W, "b": jnp.zeros((N_out,), dtype)})
+            state.append({})
+    return (tuple(params), tuple(state)), run_key

@@ -56,6 +56,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -396,73 +397,122 @@ def run_many(
     return jax.vmap(one)(loops, hp, opt_hp, min_delta)
 
 
-@partial(jax.jit, static_argnames=("config", "scheme", "dtype"))
-def _init_params(keys, *, config, scheme, dtype):
-    """Each key's initial parameters, model state and run key, as :func:`fjdl.train.init_state`
+def _init_one(key, config, scheme, dtype):
+    """One key's initial parameters, model state and run key, as :func:`fjdl.train.init_state`
     makes them (its split of the key, the model's init)."""
-
-    def one(key):
-        init_key, run_key = jax.random.split(key)
-        if isinstance(config, MLP):
-            params, model_state = model_lib.init(init_key, config, scheme or "he", dtype)
-        else:
-            params, model_state = config.init(init_key)
-            model_state = {} if model_state is None else model_state
-        return params, model_state, run_key
-
-    return jax.vmap(one)(keys)
+    init_key, run_key = jax.random.split(key)
+    if isinstance(config, MLP):
+        params, model_state = model_lib.init(init_key, config, scheme or "he", dtype)
+    else:
+        params, model_state = config.init(init_key)
+        model_state = {} if model_state is None else model_state
+    return params, model_state, run_key
 
 
-@partial(jax.jit, static_argnames=("optimizer",))
-def _init_opt(params, *, optimizer):
-    """The optimizer state of each model's parameters, built with a learning-rate function as the
-    compiled loop builds it (see :func:`fjdl.train.init_state`)."""
-    dtype = jax.tree.leaves(params)[0].dtype
-    opt = optimizer(lambda count: jnp.zeros((), dtype))
-    return jax.vmap(opt.init)(params)
+@partial(jax.jit, static_argnames=("models", "wide", "optimizer", "scheme", "dtype", "epochs"))
+def _start_loops(key_groups, inverse, *, models, wide, optimizer, scheme, dtype, epochs):
+    """The stacked start carries of a group, as one compiled program: the models of each
+    distinct (narrow) model in ``models`` initialized from their keys in ``key_groups``, padded
+    to ``wide``, put back in the members' order (``inverse``), then the optimizer's states and
+    the loops' carries (:func:`fjdl.train.start_loop`). One program for any mix of widths: an
+    init per width, compiled apart, cost 2 s each on 2 cores."""
+    wide_params, wide_state, _ = jax.eval_shape(
+        lambda k: _init_one(k, wide, scheme, dtype), key_groups[0][0]
+    )
+    pieces = []
+    for model, keys in zip(models, key_groups):
+        p, s, k = jax.vmap(lambda key, model=model: _init_one(key, model, scheme, dtype))(keys)
+        if model != wide:
+            n = keys.shape[0]
+            p = shapes.pad(p, _stacked_shapes(wide_params, n))
+            if isinstance(wide, MLP):
+                s = shapes.pad_model_state(s, _stacked_shapes(wide_state, n))
+        pieces.append((p, s, k))
+    params, model_state, run_keys = (
+        jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *(piece[i] for piece in pieces))
+        for i in range(3)
+    )
+    return _loops_of(params, model_state, run_keys, optimizer, dtype, epochs)
+
+
+@partial(jax.jit, static_argnames=("wide", "optimizer", "dtype", "epochs"))
+def _start_widths(keys, sizes, scales, *, wide, optimizer, dtype, epochs):
+    """:func:`_start_loops` for MLPs of any widths up to ``wide`` under a named scheme: their
+    layer ``sizes`` and init ``scales`` are arrays, so one program serves every mix of widths
+    (see :func:`fjdl.tune._shapes.init_padded`)."""
+    (params, model_state), run_keys = jax.vmap(
+        lambda k, n, s: shapes.init_padded(k, n, s, wide=wide, dtype=dtype)
+    )(keys, sizes, scales)
+    return _loops_of(params, model_state, run_keys, optimizer, dtype, epochs)
+
+
+def _loops_of(params, model_state, run_keys, optimizer, dtype, epochs):
+    """The stacked start carries from stacked parameters: the optimizer's states, built as
+    :func:`fjdl.train.init_state` builds them, and :func:`fjdl.train.start_loop`."""
+    leaf_dtype = jax.tree.leaves(params)[0].dtype
+    opt = optimizer(lambda count: jnp.zeros((), leaf_dtype))
+    opt_state = jax.vmap(opt.init)(params)
+    zero = jnp.zeros((run_keys.shape[0],), jnp.int32)
+    states = train.TrainState(params, model_state, opt_state, zero, zero, run_keys)
+    return jax.vmap(lambda st: train.start_loop(st, epochs, dtype))(states)
+
+
+def _stacked_shapes(tree, n: int):
+    """``tree``'s shapes with a leading axis of ``n`` models."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype), tree)
 
 
 def _start(members, models, keys, optimizer, scheme, dtype, epochs, wide):
     """The stacked start carries of a group: each model initialized as its own model, padded to
-    ``wide``. Returns ``(loops, narrow)``, ``narrow[j]`` the unpadded state's shapes or None."""
-    n = len(members)
-    params = model_state = run_keys = None
-    narrow: list = [None] * n
+    ``wide``. Returns ``(loops, narrow)``, ``narrow[j]`` the unpadded state's shapes (a template
+    :class:`fjdl.train.TrainState` of ``ShapeDtypeStruct`` leaves) or None."""
     by_model: dict = {}
     for j, i in enumerate(members):
         by_model.setdefault(models[i], []).append(j)
-    pieces = []
+    distinct = tuple(by_model)
+    if isinstance(wide, MLP) and (scheme is None or isinstance(scheme, str)):
+        # Any widths, one program: the sizes and the init's scales are arrays.
+        scales = {m: shapes.init_scales(m, scheme or "he", dtype) for m in distinct}
+        loops = _start_widths(
+            keys[np.asarray(members)],
+            jnp.asarray(np.array([models[i].sizes for i in members]), jnp.int32),
+            None
+            if scales[distinct[0]] is None
+            else jnp.asarray(np.stack([scales[models[i]] for i in members]), dtype),
+            wide=wide,
+            optimizer=optimizer,
+            dtype=dtype,
+            epochs=epochs,
+        )
+    else:
+        key_groups = tuple(keys[np.asarray(members)[js]] for js in by_model.values())
+        order = np.concatenate([np.asarray(js) for js in by_model.values()])
+        loops = _start_loops(
+            key_groups,
+            jnp.asarray(np.argsort(order)),
+            models=distinct,
+            wide=wide,
+            optimizer=optimizer,
+            scheme=scheme,
+            dtype=dtype,
+            epochs=epochs,
+        )
+    narrow: list = [None] * len(members)
     for model, js in by_model.items():
-        member_keys = keys[np.asarray(members)[js]]
-        p, s, k = _init_params(member_keys, config=model, scheme=scheme, dtype=dtype)
-        if model != wide:
-            one_p = jax.tree.map(lambda a: a[0], (p, s))
-            opt_shape = jax.eval_shape(lambda q: _init_opt(q, optimizer=optimizer), p)
-            templ = train.TrainState(
-                *jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), one_p),
-                jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), opt_shape),
-                None,
-                None,
-                None,
-            )
-            wide_p, wide_s = jax.eval_shape(
-                lambda k: _init_params(k, config=wide, scheme=scheme, dtype=dtype)[:2], member_keys
-            )
-            p = shapes.pad(p, wide_p)
-            s = shapes.pad_model_state(s, wide_s) if isinstance(wide, MLP) else s
-            for j in js:
-                narrow[j] = templ
-        pieces.append((js, p, s, k))
-    order = np.concatenate([np.asarray(js) for js, *_ in pieces])
-    inverse = np.argsort(order)
-    params, model_state, run_keys = (
-        jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *(piece[i] for piece in pieces))
-        for i in (1, 2, 3)
-    )
-    opt_state = _init_opt(params, optimizer=optimizer)
-    zero = jnp.zeros((n,), jnp.int32)
-    states = train.TrainState(params, model_state, opt_state, zero, zero, run_keys)
-    loops = jax.vmap(lambda s: train.start_loop(s, epochs, dtype))(states)
+        if model == wide:
+            continue
+        one_params, one_state, _ = jax.eval_shape(
+            lambda k, model=model: _init_one(k, model, scheme, dtype), keys[0]
+        )
+        zero_rate = jnp.zeros((), jax.tree.leaves(one_params)[0].dtype)
+        opt = optimizer(lambda count, zero_rate=zero_rate: zero_rate)
+        # A template of one model's shapes, not a state: ShapeDtypeStruct leaves, and None for
+        # the step, the epoch and the key (``_make`` takes the fields untyped).
+        templ = train.TrainState._make(
+            (one_params, one_state, jax.eval_shape(opt.init, one_params), None, None, None)
+        )
+        for j in js:
+            narrow[j] = templ
     return loops, narrow
 
 
@@ -517,8 +567,9 @@ def train_many(
     eval_every: int = 1,
     chunk_size: int | None = None,
     devices=None,
-    progress: bool | Callable[[int], None] = False,
+    progress: bool | Callable[[int], None] | None = None,
     is_weight=losses.is_weight,
+    pad_to: int | Sequence[int] | None = None,
 ) -> ManyResult:
     """Train ``N`` models that differ in hyperparameters, seeds, widths and optimizer, at once.
 
@@ -564,12 +615,18 @@ def train_many(
       min_delta: per model, the improvement that resets the patience.
       scheme: an MLP's weight initialization (see :mod:`fjdl.initializers`; default ``"he"``).
       eval_every: compute the accuracies and the dev cost every this many epochs (NaN between).
-      chunk_size: train at most this many models at once (to bound memory); chunks have equal
-        sizes, so they share one program.
+      chunk_size: train at most this many models at once (to bound memory). Every chunk of every
+        group has ``min(chunk_size, N)`` models (a smaller one padded with copies, dropped after),
+        so they share one program; searches over the optimizer pass ``N`` here, so that rounds
+        whose groups differ in size compile nothing new.
       devices: the devices to shard the models over (default: all of ``jax.devices()``).
-      progress: ``True`` shows a progress bar over epochs (tqdm) from before compiling, or a
-        function called with the number of epochs done (over all groups and chunks).
+      progress: ``True`` shows a progress bar over epochs (tqdm) from before compiling, ``False``
+        nothing, or a function called with the number of epochs done (over all groups and
+        chunks); default: a bar when stderr is a terminal.
       is_weight: which parameters L2 and L1 act on (see :func:`fjdl.losses.is_weight`).
+      pad_to: MLPs' hidden widths to pad to at least (one width, or one per hidden layer):
+        calls whose widths stay within share one compiled program (:func:`~fjdl.tune.random_search`
+        passes the space's largest widths, so every round reuses the first round's program).
 
     Returns:
       A :class:`ManyResult`: per-model history ``(N, epochs)``, final states by group
@@ -586,12 +643,17 @@ def train_many(
     """
     keys = _check_keys(keys)
     n = keys.shape[0]
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if pad_to is not None:
+        for w in np.atleast_1d(pad_to):
+            _checks.check_positive_int("pad_to", int(w) if float(w).is_integer() else w)
     models = _per_model_list("model", model, n, lambda m: not isinstance(m, Sequence))
     for i, m in enumerate(models):
         model_lib.check_model(m, "model" if len(set(models)) == 1 else f"model[{i}]")
     if keep_probs is not None:  # as fit: an MLP without dropout gets it, its rates from here
         models = [
-            dataclasses.replace(m, keep_probs=1.0)
+            dataclasses.replace(m, keep_probs=(1.0,) * (m.n_layers - 1))
             if isinstance(m, MLP) and m.keep_probs is None
             else m
             for m in models
@@ -672,11 +734,11 @@ def train_many(
     plans = [
         _plan(
             members, kind, models, X, Y, dev, loss, keep_probs, values, shared_rate, scheme, dtype,
-            opt_dtype,
+            opt_dtype, pad_to,
         )  # fmt: skip
         for (_, kind), members in members_of.items()
     ]
-    sizes = [_chunk_len(len(p.members), chunk_size, len(devices)) for p in plans]
+    sizes = [_chunk_len(len(p.members), n, chunk_size, len(devices)) for p in plans]
     n_chunks = sum(-(-len(p.members) // size) for p, size in zip(plans, sizes))
     reporter = _progress.Reporter(progress, epochs * n_chunks)
     ends = _progress.segment_ends(epochs, train._chunk_size(eval_every, epochs), reporter.shown)
@@ -769,12 +831,13 @@ class _Plan(NamedTuple):
 
 
 def _plan(
-    members, kind, models, X, Y, dev, loss, keep_probs, values, shared_rate, scheme, dtype, opt_dtype
+    members, kind, models, X, Y, dev, loss, keep_probs, values, shared_rate, scheme, dtype, opt_dtype,
+    pad_to,
 ):
     member_models = [models[i] for i in members]
     first = member_models[0]
     is_mlp = isinstance(first, MLP) and first.n_layers > 1
-    wide = shapes.widest(member_models) if is_mlp else first
+    wide = shapes.widest(member_models, pad_to) if is_mlp else first
     idx = np.asarray(members)
     group_loss = train.default_loss(wide, loss)
     kp = _keep_probs(wide, keep_probs, len(models))[idx]
@@ -803,10 +866,7 @@ def _plan(
     )
     # The data checked against the model's output, found without compiling.
     params, model_state, _ = jax.eval_shape(
-        lambda k: jax.tree.map(
-            lambda a: a[0], _init_params(k, config=wide, scheme=scheme, dtype=dtype)
-        ),
-        jax.random.split(jax.random.key(0), 1),
+        lambda k: _init_one(k, wide, scheme, dtype), jax.random.key(0)
     )
     where = dict(loss=group_loss, params=params, model_state=model_state)
     data = (*train._check_data(wide, "training", X, Y, **where),)
@@ -832,9 +892,12 @@ def _where(pred, new, old):
     return jax.tree.map(one, new, old)
 
 
-def _chunk_len(n_members: int, chunk_size: int | None, n_dev: int) -> int:
-    """Models per compiled call: at most ``chunk_size``, a multiple of the number of devices."""
-    size = n_members if chunk_size is None else min(chunk_size, n_members)
+def _chunk_len(n_members: int, n_models: int, chunk_size: int | None, n_dev: int) -> int:
+    """Models per compiled call of a group of ``n_members`` (of ``n_models`` in all): without
+    ``chunk_size``, the group's size; with it, ``min(chunk_size, n_models)`` for every group (a
+    smaller group padded to it), so that groups, and calls, of different sizes share one program.
+    A multiple of the number of devices."""
+    size = n_members if chunk_size is None else min(chunk_size, n_models)
     return -(-size // n_dev) * n_dev
 
 
@@ -842,9 +905,12 @@ def _settings_of_this_thread():
     """A function that enters, in another thread, the JAX settings that a ``with`` has set in
     this one (JAX keeps ``enable_x64``, the dtype promotion and the matmul precision per thread,
     and a worker thread would otherwise run with the global ones)."""
-    promotion = jax.config.jax_numpy_dtype_promotion
-    x64 = jax.config.jax_enable_x64
-    precision = jax.config.jax_default_matmul_precision
+    # ``jax.config.values`` holds this thread's values, as the attributes ``jax.config.jax_*`` do
+    # (which jax's typing does not declare).
+    settings = jax.config.values
+    promotion = settings["jax_numpy_dtype_promotion"]
+    x64 = settings["jax_enable_x64"]
+    precision = settings["jax_default_matmul_precision"]
 
     def enter(stack: contextlib.ExitStack) -> None:
         stack.enter_context(jax.numpy_dtype_promotion(promotion))

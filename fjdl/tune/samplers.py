@@ -167,7 +167,8 @@ class LogUniform:
     def grid(self, n: int) -> list[float]:
         """``n`` values evenly spaced on the log scale, both ends included."""
         _check_n(n)
-        t = np.linspace(*self.to_scale([self.low, self.high]), n)
+        start, stop = self.to_scale([self.low, self.high])
+        t = np.linspace(start, stop, n)
         return [float(np.clip(v, self.low, self.high)) for v in self.from_scale(t)]
 
     def narrow(self, values, margin: float = 0.1) -> "LogUniform":
@@ -196,7 +197,8 @@ class BetaLogScale:
 
     def grid(self, n: int) -> list[float]:
         _check_n(n)
-        t = np.linspace(*self.to_scale([self.low, self.high]), n)
+        start, stop = self.to_scale([self.low, self.high])
+        t = np.linspace(start, stop, n)
         return [float(np.clip(v, self.low, self.high)) for v in self.from_scale(t)]
 
     def narrow(self, values, margin: float = 0.1) -> "BetaLogScale":

@@ -18,7 +18,7 @@ from fjdl import model as fjdl_model
 from fjdl._types import PRNGKey
 from fjdl.model import MLP
 from fjdl.tune.many import METRICS, _format_table, _to_pandas, train_many
-from fjdl.tune.samplers import SAMPLERS, _check_space, narrow, sample
+from fjdl.tune.samplers import SAMPLERS, Choice, UniformInt, _check_space, narrow, sample
 
 PER_MODEL_NAMES = (
     "learning_rate",
@@ -152,7 +152,26 @@ def _rank_key(record, has_dev):
     return (acc, cost)
 
 
-def _run_round(space, X, Y, *, dev, key, n_trials, config, epochs, chunk_size, round_, fixed):
+def _widest_in(space) -> int | None:
+    """The largest hidden width that the space's ``n_units`` or ``hidden`` can take (``None``
+    when it sets no width): every round pads to it, so all rounds share one compiled program."""
+    widths = []
+    for name in ("n_units", "hidden"):
+        s = space.get(name)
+        if s is None:
+            continue
+        if isinstance(s, UniformInt):
+            widths.append(s.high)
+        elif isinstance(s, Choice):
+            widths.extend(int(np.max(o)) for o in s.options)
+        else:
+            widths.append(int(np.max(s)))
+    return max(widths) if widths else None
+
+
+def _run_round(
+    space, X, Y, *, dev, key, n_trials, config, epochs, chunk_size, round_, fixed, pad_to=None
+):
     sample_key, train_key = jax.random.split(key)
     trials = sample(space, sample_key, n_trials)
     configs = [_trial_config(config, t) for t in trials]
@@ -162,6 +181,12 @@ def _run_round(space, X, Y, *, dev, key, n_trials, config, epochs, chunk_size, r
             values = [t[name] if name == "optimizer" else float(t[name]) for t in trials]
             kwargs["keep_probs" if name == "keep_prob" else name] = values
     kwargs.setdefault("eval_every", epochs)
+    if chunk_size is None and ("optimizer" in space or "model" in space):
+        # Groups (one per optimizer or model) of sizes that change from round to round: each
+        # padded to n_trials, so every round reuses the first round's programs.
+        chunk_size = n_trials
+    if pad_to is not None and all(isinstance(c, MLP) for c in configs):
+        kwargs["pad_to"] = pad_to
     many = train_many(
         configs,
         X,
@@ -182,8 +207,8 @@ def _run_round(space, X, Y, *, dev, key, n_trials, config, epochs, chunk_size, r
     for i, (t, c) in enumerate(zip(trials, configs)):
         record = {name: _plain(v) for name, v in t.items()}
         record["hidden"] = tuple(c.sizes[1:-1]) if isinstance(c, MLP) else None
-        for metric, values in finals.items():
-            record[metric] = float(values[i])
+        for metric, final in finals.items():
+            record[metric] = float(final[i])
         record["diverged"] = bool(many.diverged_epoch[i] >= 0)
         record["round"] = round_ + 1  # rounds count from 1 everywhere
         record["index"] = i
@@ -289,6 +314,7 @@ def random_search(
         chunk_size=chunk_size,
         round_=0,
         fixed=fixed,
+        pad_to=_widest_in(space),
     )
     return SearchResult(_ranked(records, dev is not None), (dict(space),), (many,))
 
@@ -350,7 +376,8 @@ def coarse_to_fine(
     _checks.check_positive_int("keep_top", keep_top)
     _checks.check_nonnegative("margin", margin)
     has_dev = dev is not None
-    spaces, runs, records = [dict(space)], [], []
+    spaces, runs = [dict(space)], []
+    records: list[dict[str, Any]] = []
     for r in range(rounds):
         if r > 0:
             top = sorted(records, key=lambda t: _rank_key(t, has_dev))[:keep_top]
@@ -367,6 +394,7 @@ def coarse_to_fine(
             chunk_size=chunk_size,
             round_=r,
             fixed=fixed,
+            pad_to=_widest_in(space),
         )
         records.extend(new)
         runs.append(many)
