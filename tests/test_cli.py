@@ -233,7 +233,7 @@ def test_help_shows_the_defaults_and_every_flag_has_help(capsys):
     assert "(default: 0.01)" in out and "(default: 16,8)" in out and "(default: adam)" in out
     parser = cli.build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert sorted(commands.choices) == ["gradcheck", "train", "tune"]
+    assert sorted(commands.choices) == ["gradcheck", "predict", "train", "tune"]
     for name, sub in commands.choices.items():
         assert sub.allow_abbrev is False
         for action in sub._actions:
