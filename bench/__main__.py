@@ -20,6 +20,7 @@ CASES = {
     "C": ("MNIST-size epoch (784-512-256-10, dropout, Adam, batches of 256)", "bench.case_c"),
     "D": ("caviar search: 64 course-size models", "bench.case_d"),
     "E": ("gradient check, float64, every coordinate", "bench.case_e"),
+    "F": ("24 fit calls written the natural way (4 optimizers x decay x 3 seeds)", "bench.case_f"),
 }
 
 TOLERANCES = {
@@ -37,6 +38,7 @@ TOLERANCES = {
     },
     # E: numerical gradients (float64, epsilon 1e-7) against jax.grad.
     "E": {"rel_diff_vs_jax_grad": 1e-6},
+    "F": {},
 }
 
 TARGETS = {
@@ -45,6 +47,7 @@ TARGETS = {
     "fit of a flax convnet within 5% of a hand-written flax + optax scan",
     "D": "train_many >= 2x the sequential fit calls; several widths in one compilation",
     "E": "fjdl >= 10x the numpy loop",
+    "F": "decay on/off and new values compile nothing: the warm pass well under the cold one",
 }
 
 
@@ -128,6 +131,14 @@ def speedups(case: str, result: dict) -> dict:
         cores = _ok(rows, "fjdl.tune.train_many, one CPU device per core")
         if cores and seq:
             out["vs_sequential_all_cores"] = seq["median_s"] / cores["median_s"]
+    elif case == "F":
+        by = {r["impl"]: r for r in rows if r["status"] == "ok"}
+        new, old = by.get("fit x 24, decay_rate"), by.get("fit x 24, lambda")
+        if new:
+            out["decay_rate_cold_over_warm"] = new["cold_s"] / new["warm_s"]
+            out["met"] = new["warm_s"] * 3 < new["cold_s"]
+        if new and old:
+            out["lambda_cold_vs_decay_rate_cold"] = old["cold_s"] / new["cold_s"]
     elif case == "E":
         net = result["networks"][-1]
         fj = _ok(net["rows"], "fjdl.gradcheck.numerical_gradient_mlp")
@@ -198,7 +209,21 @@ def render(case: str, result: dict) -> str:
             f"{p['gflops']:.1f} GFLOP/s (best {p['best_gflops']:.1f})",
             "",
         ]
-    if case == "E":
+    if case == "F":
+        out += [
+            "| implementation | cold s | warm s | final cost |",
+            "|---|---|---|---|",
+        ]
+        for r in result["rows"]:
+            if r["status"] != "ok":
+                out.append(f"| {r['impl']} | {r['status']} | | |")
+                continue
+            out.append(
+                f"| {r['impl']} | {_fmt(r['cold_s'])} | {_fmt(r['warm_s'])} | "
+                f"{_fmt(r['final_cost'])} |"
+            )
+        out.append("")
+    elif case == "E":
         for net in result["networks"]:
             out += [
                 f"{net['network']} ({net['n_params']} parameters)",
@@ -258,7 +283,7 @@ def render(case: str, result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test (< 1 min)")
-    parser.add_argument("--cases", default="B,C,D,E", help="comma-separated cases, e.g. B,C")
+    parser.add_argument("--cases", default="B,C,D,E,F", help="comma-separated cases, e.g. B,C")
     parser.add_argument("--json", default=None, help="where to write the JSON record")
     args = parser.parse_args(argv)
     cases = [c.strip().upper() for c in args.cases.split(",") if c.strip()]

@@ -28,7 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_bench_runs_and_implementations_agree(tmp_path):
     path = tmp_path / "quick.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(path)],
+        # Case F times whole processes of 24 fits: a figure for bench/RESULTS.md, not a smoke test.
+        [sys.executable, "-m", "bench", "--quick", "--cases", "B,C,D,E", "--json", str(path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
