@@ -35,6 +35,8 @@ TOLERANCES = {
         "frac_models_off_by_1e_3": 0.1,
         # the convnets: 3 epochs of Adam, train_many against the hand-written vmap of a scan.
         "param_rel_diff_vs_first": 1e-3,
+        # the shape search: widths padded against one call per width (float rounding only).
+        "max_abs_cost_diff_vs_per_width": 1e-4,
     },
     # E: numerical gradients (float64, epsilon 1e-7) against jax.grad.
     "E": {"rel_diff_vs_jax_grad": 1e-6},
@@ -57,9 +59,14 @@ def _rows(result):
     return result["rows"] + result.get("convnet", {}).get("rows", [])
 
 
+def _all_rows(result):
+    """Every row that agreement is checked on (the shape search's too, which has no timing)."""
+    return _rows(result) + result.get("shapes", {}).get("rows", [])
+
+
 def mark_agreement(case: str, result: dict) -> None:
     """Set ``agree`` on every row that ran: its difference figures within ``TOLERANCES[case]``."""
-    for r in _rows(result):
+    for r in _all_rows(result):
         if r["status"] != "ok":
             continue
         checks = [(k, r.get(k)) for k in TOLERANCES[case] if r.get(k) is not None]

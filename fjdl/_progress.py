@@ -12,6 +12,15 @@ SEGMENTS = 100
 """A run with progress shown is cut into at most this many segments (one host round trip each)."""
 
 
+def check(name: str, progress) -> None:
+    """Refuse a ``progress`` that is not ``None``, a bool or a function ``f(epochs_done)``."""
+    if progress is not None and not isinstance(progress, bool) and not callable(progress):
+        raise TypeError(
+            f"{name} must be True (a progress bar), False, or a function f(epochs_done), got "
+            f"{progress!r}"
+        )
+
+
 def segment_ends(epochs: int, chunk: int, shown: bool) -> list[int]:
     """The epoch counts at which the host reports: ``[epochs]`` when nothing is shown, else about
     :data:`SEGMENTS` equal segments, each a multiple of ``chunk`` (the compiled loop's chunk of

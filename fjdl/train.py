@@ -9,10 +9,12 @@ default comes from its config.
 A run is ``lax.scan`` over epochs; inside each epoch, ``lax.scan`` over the full mini-batches and one
 more step on the remainder batch (its own static shape, so it needs neither padding nor a second
 compilation). Nothing returns to Python between steps: the whole of :func:`fit` is one call of one
-compiled function, compiled once per configuration.
+compiled function, compiled once per configuration (or, when progress is shown, about 100 calls
+of it, each continuing where the last stopped, reported from the host in between).
 
-Hyperparameters that a person tunes (learning rate, ``lambd``, ``l1``, keep_probs) are arrays in a
-:class:`Hyperparams` tuple, not compile-time constants: changing them between calls, or batching them
+Hyperparameters that a person tunes (learning rate or a schedule's numbers, ``lambd``, ``l1``,
+keep_probs, the optimizer's betas, epsilon and decay rate, ``min_delta``) are arrays in a
+:class:`Hyperparams` or :class:`OptimizerHyperparams` tuple, not compile-time constants: changing them between calls, or batching them
 with ``vmap``, reuses the compiled program.
 
 Keys: the run's key lives in :class:`TrainState`. Epoch ``e`` shuffles with
@@ -114,7 +116,8 @@ def make_hyperparams(
     schedule of :mod:`fjdl.schedules` (its numbers become arrays of ``dtype``).
     """
     if schedules.is_numeric(learning_rate):
-        rate = jax.tree.map(lambda a: jnp.asarray(a, dtype), learning_rate)
+        # In at least float32, as the optimizers' numbers: a float16 step count overflows.
+        rate = jax.tree.map(lambda a: jnp.asarray(a, optim.moment_dtype(dtype)), learning_rate)
     else:
         _checks.check_nonnegative("learning_rate", learning_rate)
         rate = jnp.asarray(learning_rate, dtype)
@@ -903,7 +906,8 @@ def fit(
         values; an MLP built without dropout gets it). Other models apply their own dropout.
       schedule: per-epoch decay, a function ``lr0 -> (epoch -> lr)`` that decays
         ``learning_rate``, e.g.
-        ``lambda lr0: fjdl.schedules.inverse_time_decay(lr0, 1.0, time_interval=1000)``; or a
+        ``lambda lr0: fjdl.schedules.inverse_time_decay(lr0, 1.0, time_interval=1000)`` (a new
+        function is a new program: for the course's decay prefer ``decay_rate=``, an array); or a
         schedule of the epoch itself, ``epoch -> lr`` (e.g. ``optax.exponential_decay(0.1, 10,
         0.5)``, counting epochs), which replaces ``learning_rate``. (Told apart by calling it once
         with ``learning_rate``: a factory returns a function.)
@@ -918,6 +922,8 @@ def fit(
         ``f(epochs_done)`` is called instead; default: a bar only when stderr is a terminal. The
         run is then cut into about 100 segments of one compiled program, reported from the host
         between them (nothing calls back from inside the program): the results are the same.
+        Under ``jax.distributed`` the default is ``False``, and every process must pass the same
+        value (the processes run the same segments).
       on_divergence: ``"raise"`` (default) raises :class:`TrainingDiverged` carrying the last finite
         state; ``"stop"`` returns it.
       eval_every: compute the eval-mode train accuracy and the dev metrics every this many epochs
@@ -1022,8 +1028,8 @@ def fit(
     where = dict(loss=loss, params=state.params, model_state=state.model_state)
     X, Y = _check_data(config, "training", X, Y, **where)
     X_dev, Y_dev = _check_data(config, "dev", *dev, **where) if dev is not None else (None, None)
-    if progress is None:
-        progress = sys.stderr.isatty()
+    if progress is None:  # several processes must cut the run into the same segments
+        progress = sys.stderr.isatty() and jax.process_count() == 1
     reporter = _progress.Reporter(progress, epochs)
     loop = start_loop(state, epochs, X.dtype)
     static = dict(

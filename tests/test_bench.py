@@ -51,6 +51,10 @@ def test_quick_bench_runs_and_implementations_agree(tmp_path):
             assert r["agree"], (case, r)
         ran = {r["impl"] for r in rows if r["status"] == "ok"}
         assert len(ran) >= 3, (case, ran)  # fjdl and at least two peers computed the same thing
+    shapes = record["cases"]["D"]["shapes"]["rows"]
+    padded, per_width = shapes
+    assert padded["agree"] and padded["compilations"] == 2  # one init, one training loop
+    assert per_width["compilations"] == 2 * record["cases"]["D"]["shapes"]["distinct_widths"]
     b = record["cases"]["B"]["rows"]
     assert {r["impl"] for r in b if r["status"] == "ok"} >= {
         "fjdl",

@@ -51,12 +51,35 @@ def test_integer_inputs_become_the_default_float(moons):
     X, Y = moons
     r = train.fit(MLP((2, 8, 1)), (X * 10).astype(jnp.int32), Y, **dict(FIT, epochs=5))
     assert r.state.params[0]["W"].dtype == jnp.float32 and np.all(np.isfinite(r.history.cost))
+    keys = jax.random.split(FIT["key"], 2)
     many = tune.train_many(
-        MLP((2, 8, 1)), (X * 10).astype(jnp.int32), Y, keys=jax.random.split(FIT["key"], 2),
-        epochs=5, batch_size=64,
+        MLP((2, 8, 1)), (X * 10).astype(jnp.int32), Y, keys=keys, epochs=5, batch_size=64,
+        progress=False,
     )  # fmt: skip
-    np.testing.assert_allclose(many.history.cost[0], many.history.cost[0])
+    X_int = (X * 10).astype(jnp.int32)
+    ref = train.fit(MLP((2, 8, 1)), X_int.astype(jnp.float32), Y, **dict(FIT, key=keys[1], epochs=5))
+    np.testing.assert_allclose(many.history.cost[1], ref.history.cost, rtol=1e-5)
     assert many.params[0]["W"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, "float64"])
+def test_train_many_equals_fit_in_other_dtypes(moons, dtype):
+    """Widths padded or not, in bfloat16 and float64: each model is its own fit."""
+    X, Y = moons
+    with jax.enable_x64(dtype == "float64"):
+        dt = jnp.dtype(dtype)
+        Xd = np.asarray(X, np.float64) if dtype == "float64" else X.astype(dt)
+        keys = jax.random.split(jax.random.key(4), 2)
+        configs = [MLP((2, 5, 1)), MLP((2, 9, 1))]
+        many = tune.train_many(
+            configs, Xd, Y, keys=keys, learning_rate=0.01, epochs=3, batch_size=64, progress=False
+        )
+        for i, c in enumerate(configs):
+            ref = train.fit(c, Xd, Y, **dict(FIT, key=keys[i], epochs=3, learning_rate=0.01))
+            assert many.state(i).params[0]["W"].dtype == dt
+            tol = dict(rtol=2e-2, atol=1e-2) if dt == jnp.bfloat16 else dict(rtol=1e-10, atol=1e-12)
+            for got, want in zip(jax.tree.leaves(many.state(i).params), jax.tree.leaves(ref.state.params)):
+                np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), **tol)
 
 
 def test_float64_inputs_train_in_float64(moons):

@@ -255,7 +255,7 @@ def test_mixed_sizes_are_grouped_and_match_fit(moons):
     )
     assert [g.config for g in many.groups] == [configs[0], configs[1]]
     assert [g.indices.tolist() for g in many.groups] == [[0, 2], [1]]
-    with pytest.raises(ValueError, match="2 different configs"):
+    with pytest.raises(ValueError, match="2 distinct model"):
         _ = many.params
     for i in range(3):
         kw = dict(key=keys[i], optimizer="adam", learning_rate=lrs[i], epochs=3, batch_size=16)

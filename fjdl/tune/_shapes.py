@@ -80,11 +80,23 @@ def unpad(tree, narrow_tree):
     return jax.tree.map(lambda a, n: a[tuple(slice(0, k) for k in np.shape(n))], tree, narrow_tree)
 
 
-def init_scales(config: MLP, scheme: str, dtype) -> np.ndarray | None:
-    """Each layer's ``sigma`` under a named scheme (:func:`fjdl.initializers.normal_scale`), as
-    :func:`fjdl.model.init` computes it for ``config``; ``None`` for ``"zeros"``."""
+def can_init_padded(scheme, keys) -> bool:
+    """Whether :func:`init_padded` reproduces :func:`fjdl.model.init`: a named scheme, and keys
+    whose random bits are counter-based per element (threefry with
+    ``jax_threefry_partitionable``, JAX's default), which makes a narrow draw the start of a wider
+    one."""
+    if not (scheme is None or isinstance(scheme, str)):
+        return False
+    impl = str(jax.random.key_impl(keys)) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) else "threefry2x32"
+    return "threefry" in impl and bool(jax.config.values["jax_threefry_partitionable"])
+
+
+def init_scales(config: MLP, scheme: str) -> np.ndarray | None:
+    """Each layer's ``sigma`` under a named scheme (:func:`fjdl.initializers.normal_scale`) in
+    float32, as :func:`fjdl.model.init` computes it for ``config`` (its initializers draw in
+    float32, then cast); ``None`` for ``"zeros"``."""
     scales = [
-        initializers.normal_scale(scheme, (n_in, n_out), dtype)
+        initializers.normal_scale(scheme, (n_in, n_out), jnp.float32)
         for n_in, n_out in zip(config.sizes[:-1], config.sizes[1:])
     ]
     if scales[0] is None:
@@ -103,20 +115,23 @@ def init_padded(key, sizes, scales, *, wide: MLP, dtype):
     ``(n_in, n_out)`` is the flat one reshaped), so the weights are those of the narrow model's
     own init, multiplied by the same ``sigma`` (``scales``, from :func:`init_scales`).
     """
+    sizes = jnp.asarray(sizes).astype(jnp.int32)
     init_key, run_key = jax.random.split(key)
     layer_keys = jax.random.split(init_key, wide.n_layers)
     params, state = [], []
     for l in range(wide.n_layers):
         N_in, N_out = wide.sizes[l], wide.sizes[l + 1]
         n_in, n_out = sizes[l], sizes[l + 1]
-        i, j = jnp.arange(N_in)[:, None], jnp.arange(N_out)[None, :]
+        i = jnp.arange(N_in, dtype=jnp.int32)[:, None]
+        j = jnp.arange(N_out, dtype=jnp.int32)[None, :]
         real = (i < n_in) & (j < n_out)
         if scales is None:  # "zeros"
             W = jnp.zeros((N_in, N_out), dtype)
-        else:
-            z = jax.random.normal(layer_keys[l], (N_in * N_out,), dtype)
-            W = jnp.where(real, scales[l] * z[jnp.where(real, i * n_out + j, 0)], 0).astype(dtype)
-        unit = (jnp.arange(N_out) < n_out).astype(dtype)
+        else:  # drawn and scaled in float32, then cast, as fjdl.initializers.init_mlp does
+            z = jax.random.normal(layer_keys[l], (N_in * N_out,), jnp.float32)
+            w = scales[l] * z[jnp.where(real, i * n_out + j, 0)]
+            W = jnp.where(real, w, jnp.zeros((), jnp.float32)).astype(dtype)
+        unit = (jnp.arange(N_out, dtype=jnp.int32) < n_out).astype(dtype)
         if wide.is_bn_layer(l):
             params.append({"W": W, "gamma": unit, "beta": jnp.zeros((N_out,), dtype)})
             state.append(batchnorm.init_running(N_out, batchnorm._stats_dtype(jnp.dtype(dtype))))

@@ -11,7 +11,7 @@ hyperparameters, the optimizer's numbers and the early-stopping threshold, with 
   \text{hp}_{1..N}, \ldots;\ X, Y)
 
 Models are grouped by what must be static in the program: the model (MLPs that differ only in
-hidden widths form one group, padded to the widest, see "Several widths in one program" above) and the
+hidden widths form one group, padded to the widest, see "Several widths in one program" below) and the
 optimizer's kind. Each group is one compiled program, whatever the number of models and values.
 
 Where the models run: on several devices (GPUs, TPU cores, simulated CPU devices, the devices of
@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fjdl import _checks, _progress, losses, parallel, schedules, train
+from fjdl import _checks, _progress, losses, optim, parallel, schedules, train
 from fjdl import model as model_lib
 from fjdl.model import MLP
 from fjdl.tune import _shapes as shapes
@@ -128,8 +128,9 @@ class ManyResult:
     def _single_group(self) -> ModelGroup:
         if len(self.groups) != 1 or any(n is not None for n in self._narrow):
             raise ValueError(
-                f"the models have {len(set(self.configs))} different configs (in "
-                f"{len(self.groups)} groups): use .groups or .state(i)"
+                f"the models were trained in {len(self.groups)} group(s), padded to a wider "
+                f"model than their own ({len(set(self.configs))} distinct model(s)): there is no "
+                "one stacked tree of their parameters; use .state(i) or .groups"
             )
         return self.groups[0]
 
@@ -470,15 +471,15 @@ def _start(members, models, keys, optimizer, scheme, dtype, epochs, wide):
     for j, i in enumerate(members):
         by_model.setdefault(models[i], []).append(j)
     distinct = tuple(by_model)
-    if isinstance(wide, MLP) and (scheme is None or isinstance(scheme, str)):
+    if isinstance(wide, MLP) and shapes.can_init_padded(scheme, keys):
         # Any widths, one program: the sizes and the init's scales are arrays.
-        scales = {m: shapes.init_scales(m, scheme or "he", dtype) for m in distinct}
+        scales = {m: shapes.init_scales(m, scheme or "he") for m in distinct}
         loops = _start_widths(
             keys[np.asarray(members)],
             jnp.asarray(np.array([models[i].sizes for i in members]), jnp.int32),
             None
             if scales[distinct[0]] is None
-            else jnp.asarray(np.stack([scales[models[i]] for i in members]), dtype),
+            else jnp.asarray(np.stack([scales[models[i]] for i in members]), jnp.float32),
             wide=wide,
             optimizer=optimizer,
             dtype=dtype,
@@ -517,10 +518,12 @@ def _start(members, models, keys, optimizer, scheme, dtype, epochs, wide):
 
 
 def _cpu_threads(devices, n_models: int) -> int:
-    """Threads to run one device's models from: one per core on a single CPU device, else 1."""
+    """Threads to run one device's models from: one per core this process may use on a single
+    CPU device, else 1."""
     if len(devices) != 1 or devices[0].platform != "cpu":
         return 1
-    return max(1, min(os.cpu_count() or 1, n_models))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, n_models))
 
 
 def _take(tree, idx):
@@ -553,10 +556,10 @@ def train_many(
     lambd=0.0,
     l1=0.0,
     keep_probs=None,
-    beta=0.9,
-    beta1=0.9,
-    beta2=0.999,
-    epsilon=1e-8,
+    beta=None,
+    beta1=None,
+    beta2=None,
+    epsilon=None,
     decay_rate=0.0,
     decay_interval: int = 1,
     schedule=None,
@@ -570,13 +573,14 @@ def train_many(
     progress: bool | Callable[[int], None] | None = None,
     is_weight=losses.is_weight,
     pad_to: int | Sequence[int] | None = None,
+    threads: int | None = None,
 ) -> ManyResult:
     """Train ``N`` models that differ in hyperparameters, seeds, widths and optimizer, at once.
 
     Model ``i`` is trained exactly as ``fjdl.train.fit(model_i, X, Y, key=keys[i],
     optimizer=optimizer_i, learning_rate=learning_rate[i], ...)`` would train it, to float
     rounding: the same initialization, mini-batch order, dropout masks (except for padded widths,
-    see "Several widths in one program" above), batch-norm statistics, optimizer, schedule, early stopping and
+    see "Several widths in one program" in the module doc), batch-norm statistics, optimizer, schedule, early stopping and
     NaN guard, because it runs the same compiled loop, :func:`fjdl.train.run_epochs`, under
     ``jax.vmap``. Every argument marked "per model" is one value (shared) or a sequence of ``N``.
 
@@ -602,9 +606,10 @@ def train_many(
       keep_probs: per model, an MLP's dropout keep_prob of every hidden layer (a number or ``N``
         numbers), or an ``(N, n_hidden)`` array; ``None`` takes the config's. As in ``fit``, an
         MLP built without dropout gets it when ``keep_probs`` is given.
-      beta: per model, the ``beta`` of momentum and RMSprop.
-      beta1, beta2: per model, Adam's betas.
-      epsilon: per model, RMSprop's and Adam's ``epsilon``.
+      beta: per model, the ``beta`` of momentum and RMSprop (default 0.9).
+      beta1, beta2: per model, Adam's betas (default 0.9, 0.999).
+      epsilon: per model, RMSprop's and Adam's ``epsilon`` (default 1e-8). These four apply to
+        optimizers given by name only, as in ``fit``.
       decay_rate: per model, learning-rate decay once per epoch,
         ``alpha = alpha0 / (1 + decay_rate * floor(epoch / decay_interval))``; 0 is no decay (and
         the same program).
@@ -627,6 +632,8 @@ def train_many(
       pad_to: MLPs' hidden widths to pad to at least (one width, or one per hidden layer):
         calls whose widths stay within share one compiled program (:func:`~fjdl.tune.random_search`
         passes the space's largest widths, so every round reuses the first round's program).
+      threads: on one CPU device, how many threads to split the models over (default: one per
+        core this process may use); ignored on other devices.
 
     Returns:
       A :class:`ManyResult`: per-model history ``(N, epochs)``, final states by group
@@ -643,8 +650,11 @@ def train_many(
     """
     keys = _check_keys(keys)
     n = keys.shape[0]
-    if progress is None:
-        progress = sys.stderr.isatty()
+    if progress is None:  # several processes must cut the run into the same segments
+        progress = sys.stderr.isatty() and jax.process_count() == 1
+    _progress.check("progress", progress)
+    if threads is not None:
+        _checks.check_positive_int("threads", threads)
     if pad_to is not None:
         for w in np.atleast_1d(pad_to):
             _checks.check_positive_int("pad_to", int(w) if float(w).is_integer() else w)
@@ -686,16 +696,24 @@ def train_many(
         raise TypeError(f"is_weight must be a function (key path, leaf) -> bool, got {is_weight!r}")
 
     per_step = callable(learning_rate) and not isinstance(learning_rate, Sequence)
+    named = dict(beta=beta, beta1=beta1, beta2=beta2, epsilon=epsilon)
+    given = sorted(k for k, v in named.items() if v is not None)
+    if given and not all(isinstance(k, train._Named) for k in kinds):
+        raise ValueError(
+            f"{', '.join(given)} apply to optimizers given by name ('momentum', 'rmsprop', "
+            "'adam'); a factory or a transformation carries its own"
+        )
+    named = {k: train.OPTIMIZER_DEFAULTS[k] if v is None else v for k, v in named.items()}
     values = {
         name: _per_model(name, v, n)
         for name, v in (
             ("learning_rate", 0.0 if per_step else learning_rate),
             ("lambd", lambd),
             ("l1", l1),
-            ("beta", beta),
-            ("beta1", beta1),
-            ("beta2", beta2),
-            ("epsilon", epsilon),
+            ("beta", named["beta"]),
+            ("beta1", named["beta1"]),
+            ("beta2", named["beta2"]),
+            ("epsilon", named["epsilon"]),
             ("decay_rate", decay_rate),
             ("min_delta", min_delta),
         )
@@ -705,7 +723,8 @@ def train_many(
     for name in ("beta", "beta1", "beta2"):
         _check_range(name, values[name], 0, 1)
     if np.any(values["epsilon"] <= 0):
-        _check_range("epsilon", values["epsilon"], np.nextafter(0, 1))
+        i = int(np.argmax(values["epsilon"] <= 0))
+        raise ValueError(f"epsilon must be > 0, got {values['epsilon'][i]!r} (model {i})")
     rate, rate_schedule = train._rate_plan(
         learning_rate if per_step else float(values["learning_rate"][0]), schedule
     )
@@ -713,7 +732,18 @@ def train_many(
         raise ValueError("decay_rate and a schedule both decay the learning rate: give one")
     if rate_schedule is None:
         rate_schedule = train._InverseTimeDecay(decay_interval)  # rate 0: no decay, the same program
-    for o, kind in zip(opt_items, kinds):
+    if isinstance(rate_schedule, train._PerEpoch) and len(set(values["learning_rate"])) > 1:
+        raise ValueError(
+            "schedule is a schedule of the epoch, which replaces the learning rate: per-model "
+            "learning_rate values would be ignored; give a factory lr0 -> (epoch -> lr) to decay "
+            "each model's rate, or one learning_rate"
+        )
+    for i, (o, kind) in enumerate(zip(opt_items, kinds)):
+        if isinstance(kind, train._Fixed) and values["decay_rate"][i] != 0:
+            raise ValueError(
+                f"decay_rate needs an optimizer fjdl builds (a name or a factory); model {i}'s is "
+                f"a ready GradientTransformation ({type(o).__name__}), which keeps its own rate"
+            )
         if isinstance(kind, train._Fixed) and not isinstance(rate_schedule, train._InverseTimeDecay):
             raise ValueError(
                 "a schedule needs an optimizer fjdl builds (a name or a factory), not a ready "
@@ -724,11 +754,15 @@ def train_many(
     # Everything is checked for every group before anything compiles.
     members_of: dict = {}
     for i, (mdl, kind) in enumerate(zip(models, kinds)):
-        members_of.setdefault((shapes.family_key(mdl), kind), []).append(i)
+        # Padding is exact for optimizers that act coordinate by coordinate (fjdl's, by name); a
+        # transformation from elsewhere may mix coordinates (adafactor's row and column means,
+        # added noise), so with one each width is its own program.
+        family = shapes.family_key(mdl) if isinstance(kind, train._Named) else ("model", mdl)
+        members_of.setdefault((family, kind), []).append(i)
     devices = list(jax.devices()) if devices is None else list(devices)
     if not devices:
         raise ValueError("devices is empty: pass None for all devices, or a list of devices")
-    opt_dtype = dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
+    opt_dtype = optim.moment_dtype(dtype)
     # A schedule of fjdl.schedules travels as arrays (one copy per model); else the numbers.
     shared_rate = rate if schedules.is_numeric(rate) else None
     plans = [
@@ -751,9 +785,6 @@ def train_many(
     try:
         for group, size in zip(plans, sizes):
             members, idx = group.members, np.asarray(group.members)
-            loops0, narrow = _start(
-                members, models, keys, group.kind, scheme, dtype, epochs, group.model
-            )
             static = dict(
                 config=group.model,
                 loss=group.loss,
@@ -765,41 +796,41 @@ def train_many(
                 patience=patience,
                 eval_every=eval_every,
             )
-            per_model_args = (loops0, group.hp, group.opt_hp, group.min_delta)
-            finals = []
+            per_model = (group.hp, group.opt_hp, group.min_delta)
+            finals, narrow = [], []
             for start in range(0, len(members), size):
+                # A chunk at a time, from its start (so chunk_size bounds the memory), padded to
+                # the chunk size with copies of its first model, dropped after.
                 sel = np.arange(start, min(start + size, len(members)))
                 padded = np.concatenate([sel, np.full(size - sel.size, sel[0])])
+                loops0, chunk_narrow = _start(
+                    [members[j] for j in padded], models, keys, group.kind, scheme, dtype,
+                    epochs, group.model,
+                )  # fmt: skip
                 loops = _run_chunk(
-                    _take(per_model_args, padded),
+                    (loops0, *_take(per_model, padded)),
                     group.data,
                     static,
                     ends,
                     devices,
+                    threads,
                     lambda e, off=done: reporter.update(off + e),
                     reporter.shown,
                 )
                 done += epochs
                 reporter.update(done)
-                finals.append(_take(loops, np.arange(sel.size)))
-            loops = _concat(finals) if len(finals) > 1 else finals[0]
-            state = loops.state
-            if patience is not None:  # as fit: the best epoch's parameters, where there was one
-                restore = loops.best_epoch >= 0
-                state = state._replace(
-                    params=_where(restore, loops.best_params, state.params),
-                    model_state=_where(restore, loops.best_model_state, state.model_state),
-                )
-            hist = train.History(*(np.asarray(h) for h in loops.history))
+                finals.append(_ends_of(_take(loops, np.arange(sel.size)), patience))
+                narrow.extend(chunk_narrow[: sel.size])
+            state, hist, ends_ = (
+                jax.tree.map(lambda *a: np.concatenate(a) if isinstance(a[0], np.ndarray)
+                             else jnp.concatenate(a), *parts)  # fmt: skip
+                for parts in zip(*finals)
+            )
             for j, i in enumerate(members):
                 history[i] = jax.tree.map(lambda h, j=j: h[j], hist)
                 narrow_all[i] = narrow[j]
-            for name, field in (
-                ("diverged", loops.diverged_epoch),
-                ("best", loops.best_epoch),
-                ("stopped", loops.stopped_epoch),
-            ):
-                ended[name][idx] = np.asarray(field)
+            for name, field in zip(("diverged", "best", "stopped"), ends_):
+                ended[name][idx] = field
             out_groups.append(ModelGroup(group.model, idx, state, opt_items[members[0]]))
     finally:
         reporter.close()
@@ -842,7 +873,7 @@ def _plan(
     group_loss = train.default_loss(wide, loss)
     kp = _keep_probs(wide, keep_probs, len(models))[idx]
     masks = None
-    if any(mm != wide for mm in member_models):  # several widths: the extra units masked
+    if is_mlp:  # the extra units of narrower models masked (all ones at the widest: no change)
         per_model = [shapes.unit_masks(mm, wide, dtype) for mm in member_models]
         masks = tuple(jnp.stack([pm[l] for pm in per_model]) for l in range(wide.n_layers - 1))
     if scheme is not None and not isinstance(wide, MLP):
@@ -850,8 +881,8 @@ def _plan(
             f"scheme applies to an fjdl.MLP only; {type(wide).__name__} initializes its "
             f"parameters in its own init(key), got scheme={scheme!r}"
         )
-    if shared_rate is not None:
-        rate = jax.tree.map(lambda a: jnp.full((len(idx),), a, dtype), shared_rate)
+    if shared_rate is not None:  # in at least float32: a float16 step count overflows
+        rate = jax.tree.map(lambda a: jnp.full((len(idx),), a, opt_dtype), shared_rate)
     else:
         rate = jnp.asarray(values["learning_rate"][idx], dtype)
     hp = train.Hyperparams(
@@ -882,6 +913,21 @@ def _name(o) -> str:
     return getattr(o, "__name__", None) or getattr(getattr(o, "func", None), "__name__", None) or (
         type(o).__name__
     )
+
+
+def _ends_of(loops, patience):
+    """What is kept of a chunk's final carries: the states (the best epoch's parameters with
+    early stopping, as fit restores them), the history and how each run ended, as NumPy."""
+    state = loops.state
+    if patience is not None:
+        restore = loops.best_epoch >= 0
+        state = state._replace(
+            params=_where(restore, loops.best_params, state.params),
+            model_state=_where(restore, loops.best_model_state, state.model_state),
+        )
+    history = train.History(*(np.asarray(h) for h in loops.history))
+    ends = tuple(np.asarray(e) for e in (loops.diverged_epoch, loops.best_epoch, loops.stopped_epoch))
+    return state, history, ends
 
 
 def _where(pred, new, old):
@@ -920,11 +966,11 @@ def _settings_of_this_thread():
     return enter
 
 
-def _run_chunk(per_model, data, static, ends, devices, report, shown):
+def _run_chunk(per_model, data, static, ends, devices, threads, report, shown):
     """One chunk of models through the segments of epochs; on one CPU device, one part of the
     models per core, each run from its own thread."""
     n = per_model[0].i.shape[0]
-    n_threads = _cpu_threads(devices, n)
+    n_threads = _cpu_threads(devices, n) if threads is None else min(threads, n)
     part = -(-n // n_threads)
     idx = np.arange(part * n_threads) % n  # equal parts (the last padded with repeats)
     parts = [_take(per_model, p) for p in np.split(idx, n_threads)]

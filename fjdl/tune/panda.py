@@ -91,6 +91,19 @@ class Panda:
         self.optimizer = train._resolve_optimizer(optimizer)
         if isinstance(self.optimizer, train._Fixed):
             raise TypeError("Panda needs an optimizer fjdl builds (a name or a factory)")
+        if callable(learning_rate):
+            raise TypeError(
+                "Panda's learning_rate must be a number (set() changes it between runs); for a "
+                f"decay within runs give schedule=lr0 -> (epoch -> lr), got {learning_rate!r}"
+            )
+        if schedule is not None:
+            _, plan = train._rate_plan(learning_rate, schedule)
+            if plan is not schedule:
+                raise TypeError(
+                    "Panda's schedule must be a factory lr0 -> (epoch -> lr), which decays the "
+                    "rate that set() changes; a schedule of the epoch would replace it, got "
+                    f"{schedule!r}"
+                )
         self.schedule = schedule
         dtype = X.dtype
         self.hyperparams = train.make_hyperparams(

@@ -257,7 +257,8 @@ def random_search(
 ) -> SearchResult:
     r"""Random search: sample ``n_trials`` points of ``space``, train them all, rank them.
 
-    The trials are trained with :func:`train_many` (one compiled program per distinct shape, in
+    The trials are trained with :func:`train_many` (one compiled program per optimizer, depth,
+    activation or model, whatever the widths, in
     chunks of ``chunk_size`` models) and ranked by their final dev accuracy, ties broken by the
     lower dev cost (without a dev set: by the training accuracy and cost). A diverged trial ranks
     below every finite one.
