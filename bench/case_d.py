@@ -23,7 +23,6 @@ one CPU device). Two more tables:
   number of compilations and the wall time including them.
 """
 
-import contextlib
 import os
 import time
 
@@ -52,7 +51,7 @@ def _flat_of(params, i=None):
     return [pick(layer[k]) for layer in params for k in ("W", "b")]
 
 
-def run_train_many(s, reps):
+def run_train_many(s, reps, threads=None):
     from fjdl import tune
 
     def go():
@@ -65,6 +64,8 @@ def run_train_many(s, reps):
             learning_rate=s["lrs"],
             epochs=s["steps"],
             eval_every=s["steps"],
+            threads=threads,
+            progress=False,
         )
         return r.params
 
@@ -79,22 +80,8 @@ def train_many_worker(quick: bool, reps: int):
     return timing, flats, len(jax.devices())
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """``train_many`` with its models on one thread (its default splits them over the cores)."""
-    from fjdl.tune import many
-
-    saved = many._cpu_threads
-    many._cpu_threads = lambda devices, n_models: 1
-    try:
-        yield
-    finally:
-        many._cpu_threads = saved
-
-
 def run_train_many_one_thread(s, reps):
-    with _one_thread():
-        return run_train_many(s, reps)
+    return run_train_many(s, reps, threads=1)
 
 
 def run_train_many_all_cores(s, quick, reps):
