@@ -11,7 +11,7 @@ float32, or float64 with x64 enabled).
 
 Each schedule is a frozen dataclass (:class:`Constant`, :class:`InverseTimeDecay`, ...) that is
 also a pytree: its numbers are the leaves, its integer counts (``time_interval``, boundaries) the
-structure. So two schedules built from the same numbers are equal and hash alike, and
+structure. So two schedules built from the same Python numbers are equal and hash alike, and
 :func:`fjdl.train.fit` passes a schedule's numbers into its compiled loop as arrays: a schedule
 with new numbers reuses the compiled program, where a new function would compile a new one.
 
