@@ -2,6 +2,9 @@
 kinks, float32 against float64, and the MLP fast path against the generic path."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -802,3 +805,191 @@ def test_rounding_is_named_when_it_explains_the_verdict():
     assert noisy.verdict != "great" and any("rounding alone" in w for w in noisy.warnings)
     assert wrong.verdict == "bug" and not any("rounding alone" in w for w in wrong.warnings)
     assert smooth.verdict == "great" and smooth.warnings == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: the step and the verdict's scale by dtype (float32 never calls rounding a bug)
+
+
+def sin_cost(p):
+    return jnp.sum(jnp.sin(p["w"]))
+
+
+def float32_mlp(activation, batchnorm):
+    """The network ``fjdl gradcheck`` checks by default, [4, 5, 3, 1], in float32 (fjdl's init:
+    zero biases), with its cost."""
+    cfg = model.MLP((4, 5, 3, 1), activation=activation, batchnorm=batchnorm)
+    params, state = model.init(jax.random.key(0), cfg)
+    X = jax.random.normal(jax.random.key(1), (10, 4))
+    Y = (jax.random.uniform(jax.random.key(2), (10,)) < 0.5).astype(jnp.float32)
+
+    def J(p):
+        return losses.cost(model.apply(cfg, p, state, X, train=batchnorm)[0], Y, p)
+
+    return cfg, params, state, X, Y, J
+
+
+def test_the_step_and_the_scale_follow_the_dtype():
+    assert gradcheck.default_epsilon(jnp.float64) == 1e-7  # the course's
+    assert gradcheck.default_epsilon(jnp.float32) == 1e-3
+    assert gradcheck.scale_for(jnp.float64) == (1e-7, 1e-5, 1e-3)
+    assert gradcheck.scale_for(jnp.float32) == (1e-4, 1e-3, 1e-2)
+    with pytest.raises(TypeError, match="dtype must be a float dtype"):
+        gradcheck.default_epsilon(jnp.int32)
+    with jax.enable_x64(True):  # float64 results are those of epsilon 1e-7, as before
+        _, params, _, _, _, J = course_cost()
+        default, course = gradcheck.check(J, params), gradcheck.check(J, params, epsilon=1e-7)
+    assert default.epsilon == 1e-7 and default.difference == course.difference
+    assert "scale (float64): < 1e-7 great, < 1e-5 fine" in str(default)
+
+
+@pytest.mark.parametrize(
+    "difference, verdict",
+    [(0.0, "great"), (9e-5, "great"), (1e-4, "fine"), (9e-4, "fine"), (1e-3, "suspicious"),
+     (9e-3, "suspicious"), (1e-2, "bug"), (0.5, "bug"), (float("nan"), "bug")],
+)  # fmt: skip
+def test_verdict_follows_the_float32_scale(difference, verdict):
+    assert gradcheck.verdict_for(difference, jnp.float32) == verdict
+
+
+def test_sin_in_float32_is_great_not_a_bug():
+    # fjdl issue 14: at epsilon 1e-7 this float32 check gave 1.8e-1 and "bug".
+    result = gradcheck.check(sin_cost, {"w": jnp.arange(3.0)})
+    assert result.dtype == "float32" and result.epsilon == 1e-3
+    assert result.difference < 1e-4 and result.verdict == "great" and result.passed
+    np.testing.assert_allclose(result.numerical["w"], np.cos(np.arange(3.0)), atol=1e-4)
+    assert "scale (float32): < 1e-4 great, < 1e-3 fine" in str(result)
+    assert any("use dtype=jnp.float64" in w for w in result.warnings)
+
+
+def test_float32_at_the_course_epsilon_blames_rounding_not_backprop():
+    # At epsilon 1e-7, one unit in the last place of J (2e-7) over 2e-7 is of order 1: rounding
+    # alone explains the 1.8e-1, so the verdict stops at "suspicious" and says why.
+    result = gradcheck.check(sin_cost, {"w": jnp.arange(3.0)}, epsilon=1e-7)
+    assert result.difference == pytest.approx(0.1838, abs=1e-3)
+    assert result.verdict == "suspicious" and not result.passed
+    assert any("rounding alone" in w and "cannot tell" in w for w in result.warnings)
+    assert result.leaves[0].rounding * 2 >= result.leaves[0].difference
+    assert "(bug)" not in str(result)
+
+
+def test_planted_x2_bug_is_still_a_bug_in_float32():
+    w = jnp.arange(3.0)
+    g = np.cos(np.arange(3.0))
+    wrong = g.copy()
+    wrong[0] *= 2.0
+    result = gradcheck.check(sin_cost, {"w": w}, {"w": jnp.asarray(wrong, jnp.float32)})
+    expected = np.linalg.norm(wrong - g) / (np.linalg.norm(wrong) + np.linalg.norm(g))
+    assert result.verdict == "bug" and not result.passed
+    assert result.difference == pytest.approx(expected, rel=1e-3)
+    assert result.worst_coordinates[0].index == (0,)
+    assert not any("rounding alone" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_16_bit_checks_are_refused_naming_dtype(dtype):
+    name = np.dtype(dtype).name
+    params = {"w": jnp.arange(3.0, dtype=dtype)}
+    with pytest.raises(ValueError, match=rf"dtype must be float32 or float64.* got {name}.*"
+                       r"dtype=jnp.float32.*dtype=None keeps them"):  # fmt: skip
+        gradcheck.check(sin_cost, params)
+    with pytest.raises(ValueError, match=rf"dtype must be float32 or float64.* got {name}"):
+        gradcheck.check(sin_cost, {"w": jnp.arange(3.0)}, dtype=dtype)
+    cfg, p32, state, X, Y, _ = float32_mlp("tanh", False)
+    with pytest.raises(ValueError, match=rf"dtype must be float32 or float64.* got {name}"):
+        gradcheck.check_mlp(cfg, p32, state, X, Y, dtype=dtype)
+    # Cast to float32 on request, the check runs and passes.
+    assert gradcheck.check(sin_cost, params, dtype=jnp.float32).verdict == "great"
+    # The numerical gradient itself still runs in 16 bits, at the step cbrt(u).
+    got = gradcheck.numerical_gradient(sin_cost, params)
+    assert got["w"].dtype == dtype
+    np.testing.assert_allclose(np.asarray(got["w"], np.float32), np.cos(np.arange(3.0)), atol=2e-2)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_correct_mlp_gradient_in_float32_is_not_a_bug_and_bugs_are(activation, batchnorm):
+    cfg, params, state, X, Y, J = float32_mlp(activation, batchnorm)
+    kw = dict(train=batchnorm, dtype=jnp.float32)
+    for result in (
+        gradcheck.check_mlp(cfg, params, state, X, Y, **kw),
+        gradcheck.check_model(cfg, params, state, X, Y, **kw),
+        gradcheck.check(J, params),
+    ):
+        assert result.dtype == "float32" and result.epsilon == 1e-3
+        assert result.difference < 1e-3 and result.verdict in ("great", "fine"), str(result)
+    grads = jax.grad(J)(params)
+    # The CLI's --plant-bug: the last layer's dW doubled.
+    leaf = (*grads[:-1], {**grads[-1], "W": 2 * grads[-1]["W"]})
+    # One coordinate doubled: the largest of layer 2's W.
+    W2 = grads[1]["W"]
+    i = np.unravel_index(int(jnp.argmax(jnp.abs(W2))), W2.shape)
+    coordinate = (grads[0], {**grads[1], "W": W2.at[i].multiply(2.0)}, grads[2])
+    for wrong, where in ((leaf, "layer 3 W"), (coordinate, "layer 2 W")):
+        for result in (
+            gradcheck.check_mlp(cfg, params, state, X, Y, grads=wrong, **kw),
+            gradcheck.check(J, params, wrong),
+        ):
+            assert result.verdict == "bug" and result.difference > 5e-2, str(result)
+            assert result.worst_leaves[0].leaf == where
+    assert result.worst_coordinates[0].index == tuple(int(v) for v in i)
+
+
+def test_convnet_in_float32_is_not_called_a_bug():
+    # The generic path through check_model, ReLU after batch norm: kinks within the float32 step.
+    net = testing.ConvNet(channels=(2, 3), n_classes=3)
+    params, state = net.init(jax.random.key(0))
+    X = jax.random.normal(jax.random.key(1), (8, 6, 6, 1))
+    Y = jnp.arange(8) % 3
+    result = gradcheck.check_model(net, params, state, X, Y, dtype=jnp.float32)
+    assert result.dtype == "float32" and result.difference < 1e-2 and result.verdict != "bug"
+
+
+def test_rounding_of_j_is_measured_not_assumed():
+    # A convnet's cost in float32: the measured rms error of one evaluation of J against float64
+    # J at the same parameters.
+    net = testing.ConvNet(channels=(2, 3), n_classes=3)
+    params, state = net.init(jax.random.key(0))
+    X = jax.random.normal(jax.random.key(1), (8, 6, 6, 1))
+    Y = jnp.arange(8) % 3
+
+    def cost(dtype):
+        s, x = jax.tree.map(lambda v: v.astype(dtype), (state, X))
+        return lambda p: losses.cost(net.apply(p, s, x)[0], Y, p, output="softmax")
+
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    sigma = gradcheck._noise(cost(jnp.float32), leaves, treedef, 1e-3, None, 0)
+    rng = np.random.default_rng(0)
+    J32 = jax.jit(cost(jnp.float32))
+    errors = []
+    with jax.enable_x64(True):
+        J64 = jax.jit(cost(jnp.float64))
+        for _ in range(64):
+            p = jax.tree.map(lambda v: v + rng.uniform(-1e-3, 1e-3, v.shape).astype("f4"), params)
+            p64 = jax.tree.map(lambda v: v.astype(jnp.float64), p)
+            errors.append(float(J32(p)) - float(J64(p64)))
+    rms = float(np.sqrt(np.mean(np.square(errors))))
+    assert rms / 4 < sigma < 4 * rms, (sigma, rms)
+
+
+def test_cli_gradcheck_float32_exits_0_without_a_traceback():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+    def run(*flags):
+        return subprocess.run(
+            [sys.executable, "-m", "fjdl.cli", "gradcheck", *flags],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+
+    ok = run("--float32")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Traceback" not in ok.stderr
+    assert "float32, epsilon 0.001" in ok.stdout and "scale (float32)" in ok.stdout
+    assert "backprop is wrong" not in ok.stdout
+    bug = run("--float32", "--plant-bug")
+    assert bug.returncode == 1 and "Traceback" not in bug.stderr
+    assert "bug: backprop is wrong" in bug.stdout
+    assert "layer 3 W" in bug.stdout.split("worst leaves")[1].splitlines()[1]
+    course = run("--float32", "--epsilon", "1e-7")  # the user's epsilon is kept
+    assert course.returncode == 1 and "Traceback" not in course.stderr
+    assert "epsilon 1e-07" in course.stdout and "backprop is wrong" not in course.stdout
