@@ -873,7 +873,9 @@ def _plan(
     group_loss = train.default_loss(wide, loss)
     kp = _keep_probs(wide, keep_probs, len(models))[idx]
     masks = None
-    if is_mlp:  # the extra units of narrower models masked (all ones at the widest: no change)
+    # Masks only where a model is narrower than the group's widest (they cost a multiply per unit
+    # and step; a call whose models are all of the widest widths is its own program).
+    if is_mlp and any(mm != wide for mm in member_models):
         per_model = [shapes.unit_masks(mm, wide, dtype) for mm in member_models]
         masks = tuple(jnp.stack([pm[l] for pm in per_model]) for l in range(wide.n_layers - 1))
     if scheme is not None and not isinstance(wide, MLP):
