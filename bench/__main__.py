@@ -134,7 +134,8 @@ def speedups(case: str, result: dict) -> dict:
         if len(sh) == 2:
             out["shape_search_cold_speedup"] = sh[1]["cold_s"] / sh[0]["cold_s"]
             if "met" in out:
-                out["met"] = out["met"] and sh[0]["compilations"] == 1
+                # one program for the start states (inits), one for training: for any widths
+                out["met"] = out["met"] and sh[0]["compilations"] <= 2
         cores = _ok(rows, "fjdl.tune.train_many, one CPU device per core")
         if cores and seq:
             out["vs_sequential_all_cores"] = seq["median_s"] / cores["median_s"]
