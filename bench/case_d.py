@@ -295,7 +295,7 @@ def run_shape_search(quick: bool) -> dict:
     from fjdl import data, tune
     from fjdl.model import MLP
 
-    n, epochs = (8, 20) if quick else (64, 200)
+    n, epochs = (4, 10) if quick else (64, 200)
     X, Y = data.make_moons(jax.random.key(0), 480, noise=0.2)
     widths = np.asarray(jax.random.randint(jax.random.key(5), (n,), 5, 51))
     keys = jax.random.split(jax.random.key(6), n)

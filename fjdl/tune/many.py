@@ -474,12 +474,13 @@ def _start(members, models, keys, optimizer, scheme, dtype, epochs, wide):
     if isinstance(wide, MLP) and shapes.can_init_padded(scheme, keys):
         # Any widths, one program: the sizes and the init's scales are arrays.
         scales = {m: shapes.init_scales(m, scheme or "he") for m in distinct}
+        per_member = [scales[models[i]] for i in members]
         loops = _start_widths(
             keys[np.asarray(members)],
             jnp.asarray(np.array([models[i].sizes for i in members]), jnp.int32),
-            None
-            if scales[distinct[0]] is None
-            else jnp.asarray(np.stack([scales[models[i]] for i in members]), jnp.float32),
+            None  # "zeros" draws nothing
+            if any(s is None for s in per_member)
+            else jnp.asarray(np.stack([s for s in per_member if s is not None]), jnp.float32),
             wide=wide,
             optimizer=optimizer,
             dtype=dtype,
