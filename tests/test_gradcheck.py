@@ -763,7 +763,7 @@ def test_large_leaves_are_mapped_alone_and_small_ones_together():
     sizes = (1, 2, 3, 50, 5, 60, 0)
     with jax.enable_x64(True):
         params = [jnp.linspace(0.1, 1.0, n, dtype=jnp.float64) for n in sizes]
-        assert gradcheck._leaf_groups(params) == [[3], [5], [0, 1, 2, 4, 6]]
+        assert gradcheck._numerical.leaf_groups(params) == [[3], [5], [0, 1, 2, 4, 6]]
         f = lambda p: sum(jnp.sum(jnp.sin(k * v)) for k, v in enumerate(p, 1))  # noqa: E731
         got = gradcheck.numerical_gradient(f, params, chunk_size=7)
         want = [k * jnp.cos(k * v) for k, v in enumerate(params, 1)]
@@ -958,7 +958,7 @@ def test_rounding_of_j_is_measured_not_assumed():
         return lambda p: losses.cost(net.apply(p, s, x)[0], Y, p, output="softmax")
 
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    sigma = gradcheck._noise(cost(jnp.float32), leaves, treedef, 1e-3, None, 0)
+    sigma = gradcheck._errors.measure_noise(cost(jnp.float32), leaves, treedef, 1e-3, None, 0)
     rng = np.random.default_rng(0)
     J32 = jax.jit(cost(jnp.float32))
     errors = []

@@ -99,7 +99,6 @@ whose output depends on the key.
 # (the verdict, GradCheckResult) <- _errors (kinks and rounding) <- _mlp (the MLP fast path) <-
 # _check (check, check_model).
 from fjdl.gradcheck._check import check, check_model
-from fjdl.gradcheck._errors import _noise as _noise  # private, for tests
 from fjdl.gradcheck._mlp import check_mlp, numerical_gradient_mlp
 from fjdl.gradcheck._numerical import (
     DEFAULT_CHUNK_SIZE,
@@ -107,9 +106,6 @@ from fjdl.gradcheck._numerical import (
     default_epsilon,
     numerical_gradient,
     relative_difference,
-)
-from fjdl.gradcheck._numerical import (
-    _leaf_groups as _leaf_groups,  # private, for tests
 )
 from fjdl.gradcheck._report import (
     SCALES,

@@ -11,35 +11,41 @@ from fjdl import _checks, losses
 from fjdl import model as model_lib
 from fjdl._types import Params, PRNGKey, State
 from fjdl.gradcheck._errors import (
-    _compare,
-    _coordinate_rounding,
-    _direction_rounding,
-    _noise,
-    _steps,
+    compare_coordinate,
+    coordinate_rounding,
+    measure_noise,
+    rounding_of_directions,
+    step_sizes,
 )
 from fjdl.gradcheck._mlp import check_mlp
 from fjdl.gradcheck._numerical import (
     DEFAULT_CHUNK_SIZE,
-    _check_epsilon,
-    _check_grads,
-    _check_scalar_output,
-    _direction_values,
-    _epsilon,
-    _flatten,
-    _narrowest,
-    _per_coordinate,
-    _perturbed_values,
-    _run,
+    check_analytic_grads,
+    check_epsilon,
+    check_scalar_output,
+    direction_values,
+    epsilon_for,
+    flatten_leaves,
+    largest_value_size,
+    narrowest_dtype,
+    perturbed_values,
+    run_coordinates,
 )
 from fjdl.gradcheck._report import (
     Direction,
     GradCheckResult,
-    _build_result,
-    _host,
-    _measured,
-    _precision,
-    _work_dtype,
+    build_result,
+    precision_of,
+    to_host,
+    with_noise_measured,
+    working_dtype,
 )
+
+# The interface of this module to the rest of fjdl.gradcheck (and its public names).
+__all__ = [
+    "check",
+    "check_model",
+]
 
 
 def _pick(key, leaves, k):
@@ -181,21 +187,21 @@ def check(
       >>> sampled.verdict, sampled.n_checked, len(sampled.directions)
       ('great', 10, 8)
     """
-    _check_epsilon(epsilon)
+    check_epsilon(epsilon)
     _checks.check_positive_int("top_k", top_k)
     _check_sampling(coordinates, directions, key)
     sampled = coordinates is not None or directions is not None
-    context, dt = _precision(dtype)
+    context, dt = precision_of(dtype)
     with context:
-        leaves, names, treedef = _flatten(params)
+        leaves, names, treedef = flatten_leaves(params)
         if dt is not None:
             leaves = [leaf.astype(dt) for leaf in leaves]
-        work_dtype = _work_dtype(leaves, dtype)
-        epsilon = _epsilon(epsilon, work_dtype)
+        work_dtype = working_dtype(leaves, dtype)
+        epsilon = epsilon_for(epsilon, work_dtype)
         params = jax.tree_util.tree_unflatten(treedef, leaves)
-        _check_scalar_output(f, params)
-        g_given = None if grads is None else _check_grads(grads, params)
-        per = _per_coordinate(f, params) if chunk_size is None else 0
+        check_scalar_output(f, params)
+        g_given = None if grads is None else check_analytic_grads(grads, params)
+        per = largest_value_size(f, params) if chunk_size is None else 0
         if sampled and key is not None:  # a sampled check has a key (checked above)
             key_c, key_d = jax.random.split(key)
             picks = _pick(key_c, leaves, coordinates or 0)
@@ -204,41 +210,41 @@ def check(
 
         f0, g_leaves = _value_and_grad(f, leaves, treedef, g_given)
         f0 = float(f0)
-        values = _perturbed_values(f, leaves, treedef, epsilon, chunk_size, per, picks)
+        values = perturbed_values(f, leaves, treedef, epsilon, chunk_size, per, picks)
         dirs = None
         if directions:
 
             def along(ls, g, key, idx):
-                return _direction_values(f, ls, treedef, g, epsilon, key, idx, chunk_size, per)
+                return direction_values(f, ls, treedef, g, epsilon, key, idx, chunk_size, per)
 
-            dirs = _run(along, (leaves, g_leaves, key_d), np.arange(directions))
+            dirs = run_coordinates(along, (leaves, g_leaves, key_d), np.arange(directions))
 
         def result(noise):
             numerical, kinks = _estimates(f0, leaves, g_leaves, values, picks, epsilon, noise)
-            return _build_result(
+            return build_result(
                 names, treedef, g_leaves, numerical, kinks, epsilon, work_dtype, top_k, picks,
                 [] if dirs is None else _directions_found(f0, dirs, epsilon, leaves, noise),
-                _coordinate_rounding(f0, leaves, values, picks, epsilon, noise),
-                None if dirs is None else _direction_rounding(f0, dirs, epsilon, leaves, noise),
+                coordinate_rounding(f0, leaves, values, picks, epsilon, noise),
+                None if dirs is None else rounding_of_directions(f0, dirs, epsilon, leaves, noise),
                 noise,
             )  # fmt: skip
 
         def measure():
-            return _noise(f, leaves, treedef, epsilon, chunk_size, per)
+            return measure_noise(f, leaves, treedef, epsilon, chunk_size, per)
 
-        return _measured(result, measure, work_dtype)
+        return with_noise_measured(result, measure, work_dtype)
 
 
 def _estimates(f0, leaves, g_leaves, values, picks, epsilon, noise=None):
     """Per leaf, full-shaped host arrays: the numerical derivative to compare (NaN where not
-    sampled) and the kink mask (see :func:`_compare`)."""
+    sampled) and the kink mask (see :func:`compare_coordinate`)."""
     numerical, kinks = [], []
     for i, (leaf, g, (plus, minus)) in enumerate(zip(leaves, g_leaves, values)):
         pick = np.arange(leaf.size) if picks is None else picks[i]
-        up, down = (s[pick] for s in _steps(leaf, epsilon))
-        plus, minus = _host(plus), _host(minus)
-        a = _host(g).ravel()[pick]
-        estimate, mask = _compare(f0, plus, minus, up, down, a, leaf.dtype, noise=noise)
+        up, down = (s[pick] for s in step_sizes(leaf, epsilon))
+        plus, minus = to_host(plus), to_host(minus)
+        a = to_host(g).ravel()[pick]
+        estimate, mask = compare_coordinate(f0, plus, minus, up, down, a, leaf.dtype, noise=noise)
         full, full_mask = np.full(leaf.size, np.nan), np.zeros(leaf.size, bool)
         full[pick], full_mask[pick] = estimate, mask
         numerical.append(full.reshape(leaf.shape))
@@ -247,12 +253,12 @@ def _estimates(f0, leaves, g_leaves, values, picks, epsilon, noise=None):
 
 
 def _directions_found(f0, dirs, epsilon, leaves, noise=None):
-    """The :class:`Direction` s from ``_direction_values``' host results."""
-    plus, minus, a_up, a_down = (_host(v) for v in dirs)
+    """The :class:`Direction` s from ``direction_values``' host results."""
+    plus, minus, a_up, a_down = (to_host(v) for v in dirs)
     eps = np.full(plus.shape, float(epsilon))
     a = (a_up + a_down) / 2
-    estimate, mask = _compare(
-        f0, plus, minus, eps, eps, a, _narrowest(leaves), analytic_up=a_up, analytic_down=a_down,
+    estimate, mask = compare_coordinate(
+        f0, plus, minus, eps, eps, a, narrowest_dtype(leaves), analytic_up=a_up, analytic_down=a_down,
         noise=noise,
     )  # fmt: skip
     return [
@@ -358,7 +364,7 @@ def check_model(
             epsilon=epsilon, dtype=dtype, top_k=top_k,
             chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
         )  # fmt: skip
-    context, dt = _precision(dtype)
+    context, dt = precision_of(dtype)
     with context:
         if dt is not None:
 

@@ -6,11 +6,20 @@ import math
 import jax
 import numpy as np
 
-from fjdl.gradcheck._numerical import _narrowest, _perturbed_values
-from fjdl.gradcheck._report import _host
+from fjdl.gradcheck._numerical import narrowest_dtype, perturbed_values
+from fjdl.gradcheck._report import to_host
+
+# The interface of this module to the rest of fjdl.gradcheck (and its public names).
+__all__ = [
+    "compare_coordinate",
+    "coordinate_rounding",
+    "measure_noise",
+    "rounding_of_directions",
+    "step_sizes",
+]
 
 _NOISE_SAMPLE = 64
-"""Coordinates at which the rounding error of ``J`` is measured (see :func:`_noise`)."""
+"""Coordinates at which the rounding error of ``J`` is measured (see :func:`measure_noise`)."""
 
 
 _KINK_RTOL = {"float64": 1e-3, "float32": 0.1}
@@ -22,7 +31,7 @@ room for ``|J''|`` up to 2e4 times ``|J'|``; at float32's 1e-3 it would take a s
 
 _KINK_NOISE = {"float64": 1e3, "float32": 64.0}
 """Rounding allowance of that test by dtype, in units of ``max(machine_eps * |J|, noise) /
-epsilon`` (``noise`` measured by :func:`_noise`). float64's step of 1e-7 makes a jump of the slope
+epsilon`` (``noise`` measured by :func:`measure_noise`). float64's step of 1e-7 makes a jump of the slope
 some 1e4 units: the allowance can be generous. float32's step of 1e-3 makes a unit 1e4 times
 coarser, a jump a few units: the allowance comes down to where rounding still cannot reach
 (``|F - B|`` from rounding alone has an rms of about ``sqrt(6) noise / epsilon``, 0.7 units for a
@@ -38,7 +47,7 @@ _ONE_SIDED_NOISE = {"float64": 64.0, "float32": 8.0}
 """Rounding allowance of that test by dtype, in the units of :data:`_KINK_NOISE`."""
 
 
-def _steps(theta, epsilon):
+def step_sizes(theta, epsilon):
     """The steps actually taken, up ``fl(theta + eps) - theta`` and down ``theta - fl(theta -
     eps)``, as host float64 arrays (the arithmetic in ``theta``'s dtype, as the check did it)."""
     theta = np.asarray(jax.device_get(theta)).ravel()
@@ -47,7 +56,7 @@ def _steps(theta, epsilon):
     return (theta + step).astype(np.float64) - t, t - (theta - step).astype(np.float64)
 
 
-def _compare(
+def compare_coordinate(
     f0, plus, minus, up, down, analytic, dtype, kink=None, analytic_up=None, analytic_down=None,
     noise=None,
 ):  # fmt: skip
@@ -74,7 +83,7 @@ def _compare(
     ``eps |J''|``, the error of a one-sided difference itself. ``analytic_up`` and
     ``analytic_down`` (default ``analytic``) are what ``F`` and ``B`` estimate when the two steps
     differ (a direction's rounded steps). The rounding allowances are in units of one unit in the
-    last place of ``J``, or of ``noise``, ``J``'s rounding error measured by :func:`_noise`, when
+    last place of ``J``, or of ``noise``, ``J``'s rounding error measured by :func:`measure_noise`, when
     larger (a ``J`` that is a small difference of large terms, a cross-entropy near 0 from large
     logits, has rounding errors far above its last place); where that underestimates, a few kinks
     may be rounding, and the values compared there stay within rounding of each other.
@@ -107,7 +116,7 @@ def _compare(
 def _rounding(f0, plus, minus, up, down, dtype, noise=None):
     """The error rounding alone gives a two-sided difference (host float64, one entry per
     coordinate or direction): one unit in the last place of ``J``, or ``sqrt(2) * noise`` (the
-    rms of ``J(+)`` and ``J(-)``'s errors, ``noise`` each, see :func:`_noise`) when larger, over
+    rms of ``J(+)`` and ``J(-)``'s errors, ``noise`` each, see :func:`measure_noise`) when larger, over
     the two-sided step; ``inf`` where the step vanished (``theta +- eps`` rounded to ``theta``)."""
     scale = np.maximum(np.maximum(np.abs(plus), np.abs(minus)), abs(f0))
     error = np.maximum(np.finfo(dtype).eps * scale, math.sqrt(2) * (noise or 0.0))
@@ -124,7 +133,7 @@ def _spread(leaves, k):
     return [flat[(flat >= lo) & (flat < hi)] - lo for lo, hi in zip(bounds, bounds[1:])]
 
 
-def _noise(f, leaves, treedef, epsilon, chunk_size, per_coordinate) -> float:
+def measure_noise(f, leaves, treedef, epsilon, chunk_size, per_coordinate) -> float:
     """The rounding error of one evaluation of ``J`` (its rms, ``sigma``), measured.
 
     One unit in the last place of ``J`` underestimates it wherever ``J`` is computed through many
@@ -141,14 +150,14 @@ def _noise(f, leaves, treedef, epsilon, chunk_size, per_coordinate) -> float:
     """
     picks = _spread(leaves, _NOISE_SAMPLE)
     multiples = (1.0, -1.0, 0.5, -0.5)
-    values = _perturbed_values(
+    values = perturbed_values(
         f, leaves, treedef, epsilon, chunk_size, per_coordinate, picks, multiples
     )
     samples = []
     for leaf, pick, found in zip(leaves, picks, values):
-        plus, minus, half_plus, half_minus = (_host(v) for v in found)
-        span = sum(s[pick] for s in _steps(leaf, epsilon))
-        half = sum(s[pick] for s in _steps(leaf, epsilon / 2))
+        plus, minus, half_plus, half_minus = (to_host(v) for v in found)
+        span = sum(s[pick] for s in step_sizes(leaf, epsilon))
+        half = sum(s[pick] for s in step_sizes(leaf, epsilon / 2))
         moved = (span > 0) & (half > 0)  # a step below one unit of theta's last place is none
         span, half = span[moved], half[moved]
         gap = (plus - minus)[moved] / span - (half_plus - half_minus)[moved] / half
@@ -158,19 +167,19 @@ def _noise(f, leaves, treedef, epsilon, chunk_size, per_coordinate) -> float:
     return float(np.median(sizes) / 0.6745) if sizes.size else 0.0
 
 
-def _coordinate_rounding(f0, leaves, values, picks, epsilon, noise=None):
+def coordinate_rounding(f0, leaves, values, picks, epsilon, noise=None):
     """Per leaf, flat at the checked coordinates: the rounding error of each two-sided difference
     (:func:`_rounding`); ``values`` holds ``(J(+), J(-))`` per leaf, as checked."""
     rounding = []
     for i, (leaf, (plus, minus)) in enumerate(zip(leaves, values)):
         pick = np.arange(leaf.size) if picks is None else picks[i]
-        up, down = (s[pick] for s in _steps(leaf, epsilon))
-        rounding.append(_rounding(f0, _host(plus), _host(minus), up, down, leaf.dtype, noise))
+        up, down = (s[pick] for s in step_sizes(leaf, epsilon))
+        rounding.append(_rounding(f0, to_host(plus), to_host(minus), up, down, leaf.dtype, noise))
     return rounding
 
 
-def _direction_rounding(f0, dirs, epsilon, leaves, noise=None):
+def rounding_of_directions(f0, dirs, epsilon, leaves, noise=None):
     """The rounding error of each direction's two-sided difference (:func:`_rounding`)."""
-    plus, minus = _host(dirs[0]), _host(dirs[1])
+    plus, minus = to_host(dirs[0]), to_host(dirs[1])
     eps = np.full(plus.shape, float(epsilon))
-    return _rounding(f0, plus, minus, eps, eps, _narrowest(leaves), noise)
+    return _rounding(f0, plus, minus, eps, eps, narrowest_dtype(leaves), noise)

@@ -9,26 +9,37 @@ from jax import lax
 from fjdl import _checks, batchnorm, losses, nn
 from fjdl import model as model_lib
 from fjdl._types import Params, State
-from fjdl.gradcheck._errors import _compare, _coordinate_rounding, _noise, _steps
+from fjdl.gradcheck._errors import (
+    compare_coordinate,
+    coordinate_rounding,
+    measure_noise,
+    step_sizes,
+)
 from fjdl.gradcheck._numerical import (
     DEFAULT_CHUNK_SIZE,
-    _check_epsilon,
-    _check_grads,
-    _epsilon,
-    _flatten,
-    _map_chunks,
-    _narrowest,
-    _per_coordinate,
-    _two_sided,
+    check_analytic_grads,
+    check_epsilon,
+    epsilon_for,
+    flatten_leaves,
+    largest_value_size,
+    map_chunks,
+    narrowest_dtype,
+    two_sided_difference,
 )
 from fjdl.gradcheck._report import (
     GradCheckResult,
-    _build_result,
-    _host,
-    _measured,
-    _precision,
-    _work_dtype,
+    build_result,
+    precision_of,
+    to_host,
+    with_noise_measured,
+    working_dtype,
 )
+
+# The interface of this module to the rest of fjdl.gradcheck (and its public names).
+__all__ = [
+    "check_mlp",
+    "numerical_gradient_mlp",
+]
 
 _KINKED_ACTIVATIONS = ("relu", "leaky_relu")
 
@@ -180,7 +191,7 @@ def _mlp_perturbed(
                 return values[0], values[1], crossed
 
             n = layer[name].size
-            out.append(_map_chunks(both, n, chunk_size))
+            out.append(map_chunks(both, n, chunk_size))
     return _data_loss(config, cache[-1][2], Y) + base_penalty, out
 
 
@@ -190,7 +201,7 @@ _mlp_perturbed_jit = jax.jit(_mlp_perturbed, static_argnums=(0, 1, 2, 3))
 def _mlp_inputs(config, params, model_state, X, Y, lambd, l1, train, epsilon, chunk_size):
     if not isinstance(config, model_lib.MLP):
         raise TypeError(f"config must be an fjdl.model.MLP, got {type(config).__name__}")
-    _check_epsilon(epsilon)
+    check_epsilon(epsilon)
     _checks.check_positive_int("chunk_size", chunk_size)
     _checks.check_nonnegative("lambd", lambd)
     _checks.check_nonnegative("l1", l1)
@@ -201,7 +212,7 @@ def _mlp_inputs(config, params, model_state, X, Y, lambd, l1, train, epsilon, ch
             "function that training never differentiates). Use train=False or keep_probs=None."
         )
     model_lib.check_params(config, params)
-    _flatten(params)
+    flatten_leaves(params)
     if not isinstance(model_state, tuple | list) or len(model_state) != config.n_layers:
         raise ValueError(
             f"model_state must be a tuple of {config.n_layers} per-layer dicts (from model.init)"
@@ -298,13 +309,13 @@ def numerical_gradient_mlp(
     X, Y, lambd_, l1_ = _mlp_inputs(
         config, params, model_state, X, Y, lambd, l1, train, epsilon, chunk_size
     )
-    leaves, _, treedef = _flatten(params)
-    epsilon = _epsilon(epsilon, _narrowest(leaves))
+    leaves, _, treedef = flatten_leaves(params)
+    epsilon = epsilon_for(epsilon, narrowest_dtype(leaves))
     _, values = _mlp_perturbed_jit(
         config, bool(train), int(chunk_size), False, params, model_state, X, Y, lambd_, l1_, epsilon
     )
     grads = [
-        _two_sided(plus, minus, leaf, epsilon) for leaf, (plus, minus, _) in zip(leaves, values)
+        two_sided_difference(plus, minus, leaf, epsilon) for leaf, (plus, minus, _) in zip(leaves, values)
     ]
     return jax.tree_util.tree_unflatten(treedef, grads)
 
@@ -358,7 +369,7 @@ def check_mlp(
       'great'
     """
     _checks.check_positive_int("top_k", top_k)
-    context, dt = _precision(dtype)
+    context, dt = precision_of(dtype)
     with context:
         if dt is not None:
             cast = lambda t: jax.tree.map(lambda v: jnp.asarray(v).astype(dt), t)  # noqa: E731
@@ -369,12 +380,12 @@ def check_mlp(
         X, Y, lambd_, l1_ = _mlp_inputs(
             config, params, model_state, X, Y, lambd, l1, train, epsilon, chunk_size
         )
-        leaves, names, treedef = _flatten(params)
-        work_dtype = _work_dtype(leaves, dtype)
-        epsilon = _epsilon(epsilon, work_dtype)
+        leaves, names, treedef = flatten_leaves(params)
+        work_dtype = working_dtype(leaves, dtype)
+        epsilon = epsilon_for(epsilon, work_dtype)
 
         if grads is not None:
-            g_leaves = _check_grads(grads, params)
+            g_leaves = check_analytic_grads(grads, params)
             g_leaves = [g.astype(leaf.dtype) for g, leaf in zip(g_leaves, leaves)]
         out = _mlp_perturbed_jit(
             config, bool(train), int(chunk_size), grads is None,
@@ -384,9 +395,9 @@ def check_mlp(
         f0 = float(f0)
         numerical, kinks = [], []
         for leaf, g, (plus, minus, crossed) in zip(leaves, g_leaves, values):
-            up, down = _steps(leaf, epsilon)
-            estimate, mask = _compare(
-                f0, _host(plus), _host(minus), up, down, _host(g).ravel(), leaf.dtype,
+            up, down = step_sizes(leaf, epsilon)
+            estimate, mask = compare_coordinate(
+                f0, to_host(plus), to_host(minus), up, down, to_host(g).ravel(), leaf.dtype,
                 kink=np.asarray(crossed),
             )  # fmt: skip
             numerical.append(estimate.reshape(leaf.shape))
@@ -394,8 +405,8 @@ def check_mlp(
         values = [(plus, minus) for plus, minus, _ in values]
 
         def result(noise):
-            rounding = _coordinate_rounding(f0, leaves, values, None, epsilon, noise)
-            return _build_result(
+            rounding = coordinate_rounding(f0, leaves, values, None, epsilon, noise)
+            return build_result(
                 names, treedef, g_leaves, numerical, kinks, epsilon, work_dtype, top_k,
                 rounding=rounding, noise=noise,
             )  # fmt: skip
@@ -408,6 +419,6 @@ def check_mlp(
                     lambd=0.0 if lambd_ is None else lambd_, l1=0.0 if l1_ is None else l1_,
                 )  # fmt: skip
 
-            return _noise(J, leaves, treedef, epsilon, None, _per_coordinate(J, params))
+            return measure_noise(J, leaves, treedef, epsilon, None, largest_value_size(J, params))
 
-        return _measured(result, measure, work_dtype)
+        return with_noise_measured(result, measure, work_dtype)

@@ -15,6 +15,27 @@ from jax import lax
 from fjdl import _checks
 from fjdl._types import Params
 
+# The interface of this module to the rest of fjdl.gradcheck (and its public names).
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_EPSILON",
+    "check_analytic_grads",
+    "check_epsilon",
+    "check_scalar_output",
+    "default_epsilon",
+    "direction_values",
+    "epsilon_for",
+    "flatten_leaves",
+    "largest_value_size",
+    "map_chunks",
+    "narrowest_dtype",
+    "numerical_gradient",
+    "perturbed_values",
+    "relative_difference",
+    "run_coordinates",
+    "two_sided_difference",
+]
+
 DEFAULT_CHUNK_SIZE = 512
 """Coordinates evaluated together by one ``vmap`` in :func:`numerical_gradient_mlp`."""
 
@@ -26,7 +47,7 @@ _CHUNK_BUDGET = 1 << 20
 
 _ALONE = 8
 """A leaf with at least ``1 / _ALONE`` of the coordinates is mapped on its own (see
-:func:`_leaf_groups`)."""
+:func:`leaf_groups`)."""
 
 
 DEFAULT_EPSILON = {"float64": 1e-7, "float32": 1e-3, "float16": 1e-1, "bfloat16": 2e-1}
@@ -45,7 +66,7 @@ def _leaf_name(path) -> str:
     return jax.tree_util.keystr(path) or "params"
 
 
-def _flatten(params, what="params"):
+def flatten_leaves(params, what="params"):
     """Leaves (as arrays), their names and the treedef, checking that every leaf is a float array."""
     with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     if not with_path:
@@ -66,7 +87,7 @@ def _flatten(params, what="params"):
     return leaves, names, treedef
 
 
-def _check_epsilon(epsilon):
+def check_epsilon(epsilon):
     """Validate an explicit ``epsilon`` (``None``, "by dtype", passes)."""
     if epsilon is None:
         return
@@ -95,18 +116,18 @@ def default_epsilon(dtype) -> float:
     return DEFAULT_EPSILON[name]
 
 
-def _epsilon(epsilon, dtype) -> float:
+def epsilon_for(epsilon, dtype) -> float:
     """``epsilon``, or the default step for ``dtype`` when it is ``None``."""
-    _check_epsilon(epsilon)
+    check_epsilon(epsilon)
     return default_epsilon(dtype) if epsilon is None else epsilon
 
 
-def _narrowest(leaves):
+def narrowest_dtype(leaves):
     """The narrowest dtype among the leaves: the one whose rounding limits the check."""
     return min((leaf.dtype for leaf in leaves), key=lambda d: d.itemsize)
 
 
-def _check_scalar_output(f, params):
+def check_scalar_output(f, params):
     if not callable(f):
         raise TypeError(f"f must be a function params -> scalar, got {type(f).__name__}")
     out = jax.eval_shape(f, params)
@@ -117,8 +138,8 @@ def _check_scalar_output(f, params):
         raise TypeError(f"f must return a float scalar, got dtype {out.dtype}")
 
 
-def _check_grads(grads, params):
-    p_leaves, p_names, p_def = _flatten(params)
+def check_analytic_grads(grads, params):
+    p_leaves, p_names, p_def = flatten_leaves(params)
     g_with_path, g_def = jax.tree_util.tree_flatten_with_path(grads)
     g_names = [_leaf_name(path) for path, _ in g_with_path]
     if g_def != p_def:
@@ -136,7 +157,7 @@ def _check_grads(grads, params):
             "grads must have the structure of params"
             + (f": {detail}" if detail else f", got {g_def} instead of {p_def}")
         )
-    g_leaves, _, _ = _flatten(grads, "grads")
+    g_leaves, _, _ = flatten_leaves(grads, "grads")
     for name, p, g in zip(p_names, p_leaves, g_leaves):
         if g.shape != p.shape:
             raise ValueError(
@@ -168,7 +189,7 @@ def _chunk(chunk_size, n, per_coordinate):
     return max(1, min(chunk_size, n))
 
 
-def _map_chunks(fn, index, chunk):
+def map_chunks(fn, index, chunk):
     """``vmap(fn)`` over ``index`` (an int ``n`` means ``arange(n)``) in chunks of ``chunk``
     (``lax.map`` over the chunks).
 
@@ -184,7 +205,7 @@ def _map_chunks(fn, index, chunk):
     return jax.tree.map(lambda o: o.reshape(n_chunks * chunk, *o.shape[2:])[:n], out)
 
 
-def _leaf_groups(leaves):
+def leaf_groups(leaves):
     """The leaves perturbed by one map each: every leaf that holds at least ``1 / _ALONE`` of the
     coordinates has a map of its own (so at most ``_ALONE`` do), the others share one.
 
@@ -233,16 +254,16 @@ def _group_values(
         return tuple(values[k] for k in range(len(multiples)))
 
     chunk = _chunk(chunk_size, n, len(multiples) * (per_coordinate + sum(sizes)))
-    return _map_chunks(both, index, chunk)
+    return map_chunks(both, index, chunk)
 
 
-def _perturbed_values(
+def perturbed_values(
     f, leaves, treedef, epsilon, chunk_size, per_coordinate, picks=None, multiples=(1.0, -1.0)
 ):
     """``(J(theta + eps e_i), J(theta - eps e_i))`` per leaf, flat: for every coordinate (one map
-    per group of :func:`_leaf_groups`), or for the coordinates ``picks`` (one index array per
+    per group of :func:`leaf_groups`), or for the coordinates ``picks`` (one index array per
     leaf; one map for all). With ``multiples``, ``J(theta + k eps e_i)`` for each ``k``."""
-    groups = _leaf_groups(leaves) if picks is None else [list(range(len(leaves)))]
+    groups = leaf_groups(leaves) if picks is None else [list(range(len(leaves)))]
     out = [(jnp.zeros((0,), leaf.dtype),) * len(multiples) for leaf in leaves]
     for group in groups:
         counts = [leaves[i].size if picks is None else len(picks[i]) for i in group]
@@ -259,7 +280,7 @@ def _perturbed_values(
                 f, ls, treedef, group, epsilon, chunk_size, per_coordinate, idx, multiples
             )
 
-        found = _run(values, (leaves,), index)
+        found = run_coordinates(values, (leaves,), index)
         bounds = np.cumsum([0, *counts])
         for i, lo, hi in zip(group, bounds, bounds[1:]):
             out[i] = tuple(v[lo:hi] for v in found)
@@ -273,7 +294,7 @@ def _cpu_threads(n: int) -> int:
     return max(1, min(os.cpu_count() or 1, n))
 
 
-def _run(fn, args, index):
+def run_coordinates(fn, args, index):
     """``fn(*args, index)``, a map over ``index``: compiled once and run in equal parts, from one
     thread per core on a CPU; inline when traced (inside the caller's ``jit``).
 
@@ -303,7 +324,7 @@ def _run(fn, args, index):
     )
 
 
-def _per_coordinate(f, params):
+def largest_value_size(f, params):
     """Elements of the largest value ``f`` computes (0 when ``f`` cannot be traced to a jaxpr)."""
     try:
         return _largest_value(jax.make_jaxpr(f)(params).jaxpr)
@@ -311,7 +332,7 @@ def _per_coordinate(f, params):
         return 0
 
 
-def _two_sided(plus, minus, leaf, epsilon):
+def two_sided_difference(plus, minus, leaf, epsilon):
     """``(J+ - J-) / (fl(theta + eps) - fl(theta - eps))``, in the leaf's dtype (traceable)."""
     step = jnp.asarray(epsilon).astype(leaf.dtype)
     h = ((leaf + step) - (leaf - step)).ravel()
@@ -360,17 +381,17 @@ def numerical_gradient(
       >>> [round(float(v), 6) for v in g["w"]]
       [2.0, -4.0]
     """
-    _check_epsilon(epsilon)
-    leaves, _, treedef = _flatten(params)
-    epsilon = _epsilon(epsilon, _narrowest(leaves))
-    _check_scalar_output(f, params)
-    per = _per_coordinate(f, params) if chunk_size is None else 0
-    values = _perturbed_values(f, leaves, treedef, epsilon, chunk_size, per)
-    grads = [_two_sided(p, m, leaf, epsilon) for leaf, (p, m) in zip(leaves, values)]
+    check_epsilon(epsilon)
+    leaves, _, treedef = flatten_leaves(params)
+    epsilon = epsilon_for(epsilon, narrowest_dtype(leaves))
+    check_scalar_output(f, params)
+    per = largest_value_size(f, params) if chunk_size is None else 0
+    values = perturbed_values(f, leaves, treedef, epsilon, chunk_size, per)
+    grads = [two_sided_difference(p, m, leaf, epsilon) for leaf, (p, m) in zip(leaves, values)]
     return jax.tree_util.tree_unflatten(treedef, grads)
 
 
-def _direction_values(
+def direction_values(
     f, leaves, treedef, g_leaves, epsilon, key, index, chunk_size, per_coordinate
 ):
     """For random unit directions ``u`` (over the whole pytree), numbered ``index``: ``J(theta + eps u)``,
@@ -406,7 +427,7 @@ def _direction_values(
         return values[0], values[1], along(signs[0]) / epsilon, along(signs[1]) / epsilon
 
     n = len(index)
-    return _map_chunks(at, index, _chunk(chunk_size, n, 2 * per_coordinate + 4 * _size(leaves)))
+    return map_chunks(at, index, _chunk(chunk_size, n, 2 * per_coordinate + 4 * _size(leaves)))
 
 
 def _size(leaves) -> int:

@@ -10,7 +10,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from fjdl._types import Params
-from fjdl.gradcheck._numerical import DEFAULT_EPSILON, _narrowest
+from fjdl.gradcheck._numerical import DEFAULT_EPSILON, narrowest_dtype
+
+# The interface of this module to the rest of fjdl.gradcheck (and its public names).
+__all__ = [
+    "Coordinate",
+    "Direction",
+    "GradCheckResult",
+    "LeafDifference",
+    "SCALES",
+    "VERDICTS",
+    "build_result",
+    "precision_of",
+    "scale_for",
+    "to_host",
+    "verdict_for",
+    "with_noise_measured",
+    "working_dtype",
+]
 
 VERDICTS = (
     (1e-7, "great", "great: the gradient is correct"),
@@ -248,7 +265,7 @@ def _np_relative_difference(a, b, weights=None) -> float:
     return num / den if den > 0 else (0.0 if num == 0 else math.nan)
 
 
-def _host(x):
+def to_host(x):
     return np.asarray(jax.device_get(x), dtype=np.float64)
 
 
@@ -264,7 +281,7 @@ def _describe_kinks(kinks, limit=5):
     )
 
 
-def _build_result(
+def build_result(
     names, treedef, analytic, numerical, kink_masks, epsilon, dtype, top_k,
     checked=None, directions=(), rounding=None, direction_rounding=None, noise=None,
 ):  # fmt: skip
@@ -272,9 +289,9 @@ def _build_result(
     index array per leaf, ``None``: every coordinate) and ``directions`` for a sampled check;
     ``rounding``: per leaf, the rounding error of each checked coordinate's difference (see
     :func:`_rounding`), ``direction_rounding`` the same per direction; ``noise``: the rounding
-    error of ``J`` measured by :func:`_noise`, when it was."""
-    analytic = [_host(a) for a in analytic]
-    numerical = [_host(n) for n in numerical]
+    error of ``J`` measured by :func:`measure_noise`, when it was."""
+    analytic = [to_host(a) for a in analytic]
+    numerical = [to_host(n) for n in numerical]
     n_params = int(sum(a.size for a in analytic))
     if checked is None:
         checked = [np.arange(a.size) for a in analytic]
@@ -291,14 +308,7 @@ def _build_result(
     weights = [a.size / max(c.size, 1) for a, c in zip(analytic, checked)]
     leaves, coords, estimates = [], [], []
     if n_checked:
-        for i, (name, a, n, c) in enumerate(zip(names, a_seen, n_seen, checked)):
-            floor = 0.0 if rounding is None else _floor([rounding[i]], [a], [n])
-            leaves.append(
-                LeafDifference(
-                    name, _np_relative_difference([a], [n]), float(np.linalg.norm(a)),
-                    float(np.linalg.norm(n)), int(c.size), floor,
-                )
-            )  # fmt: skip
+        leaves = _leaf_differences(names, a_seen, n_seen, checked, rounding)
         coords = _worst_coordinates(names, analytic, a_seen, n_seen, checked, top_k)
         estimates.append(_np_relative_difference(a_seen, n_seen, weights))
     kinks = [
@@ -313,6 +323,49 @@ def _build_result(
         direction_difference = _np_relative_difference([a_dir], [n_dir])
         estimates.append(direction_difference)
     difference = max(estimates, key=_nan_last) if estimates else math.nan  # nothing checked
+    warnings = _warnings_of(kinks, directions, dtype, epsilon, n_vanished, difference)
+    floors = [0.0]
+    if rounding is not None and n_checked:
+        floors.append(_floor(rounding, a_seen, n_seen, weights))
+    if direction_rounding is not None and len(directions):
+        floors.append(_floor([direction_rounding], [a_dir], [n_dir]))
+    warnings += _rounding_note(max(floors), difference, n_params, epsilon, dtype, noise)
+    verdict = _verdict(difference, max(floors), dtype)
+    return GradCheckResult(
+        difference=difference,
+        verdict=verdict,
+        leaves=tuple(leaves),
+        worst_coordinates=tuple(coords[:top_k]),
+        kinks=tuple(kinks),
+        warnings=tuple(warnings),
+        epsilon=float(epsilon),
+        dtype=np.dtype(dtype).name,
+        n_params=n_params,
+        analytic=jax.tree_util.tree_unflatten(treedef, analytic),
+        numerical=jax.tree_util.tree_unflatten(treedef, numerical),
+        n_checked=n_checked,
+        directions=tuple(directions),
+        direction_difference=direction_difference,
+    )
+
+
+def _leaf_differences(names, a_seen, n_seen, checked, rounding) -> list:
+    """One :class:`LeafDifference` per leaf, from its checked coordinates."""
+    leaves = []
+    for i, (name, a, n, c) in enumerate(zip(names, a_seen, n_seen, checked)):
+        floor = 0.0 if rounding is None else _floor([rounding[i]], [a], [n])
+        leaves.append(
+            LeafDifference(
+                name, _np_relative_difference([a], [n]), float(np.linalg.norm(a)),
+                float(np.linalg.norm(n)), int(c.size), floor,
+            )
+        )  # fmt: skip
+    return leaves
+
+
+def _warnings_of(kinks, directions, dtype, epsilon, n_vanished: int, difference) -> list[str]:
+    """What a check's result warns about: kinks, directions across a kink, a low precision,
+    coordinates whose step vanished, a difference that is not finite."""
     warnings = []
     if kinks:
         warnings.append(_describe_kinks(kinks))
@@ -337,29 +390,7 @@ def _build_result(
         )
     if not np.isfinite(difference):
         warnings.append("the difference is not finite: a gradient or the cost holds NaN or inf.")
-    floors = [0.0]
-    if rounding is not None and n_checked:
-        floors.append(_floor(rounding, a_seen, n_seen, weights))
-    if direction_rounding is not None and len(directions):
-        floors.append(_floor([direction_rounding], [a_dir], [n_dir]))
-    warnings += _rounding_note(max(floors), difference, n_params, epsilon, dtype, noise)
-    verdict = _verdict(difference, max(floors), dtype)
-    return GradCheckResult(
-        difference=difference,
-        verdict=verdict,
-        leaves=tuple(leaves),
-        worst_coordinates=tuple(coords[:top_k]),
-        kinks=tuple(kinks),
-        warnings=tuple(warnings),
-        epsilon=float(epsilon),
-        dtype=np.dtype(dtype).name,
-        n_params=n_params,
-        analytic=jax.tree_util.tree_unflatten(treedef, analytic),
-        numerical=jax.tree_util.tree_unflatten(treedef, numerical),
-        n_checked=n_checked,
-        directions=tuple(directions),
-        direction_difference=direction_difference,
-    )
+    return warnings
 
 
 def _floor(rounding, a, b, weights=None) -> float:
@@ -406,7 +437,7 @@ def _rounding_note(floor, difference, n_params, epsilon, dtype, noise=None):
     ]
 
 
-def _precision(dtype):
+def precision_of(dtype):
     """``(context, dtype)``: float64 runs inside ``jax.enable_x64(True)``."""
     if dtype is None:
         return contextlib.nullcontext(), None
@@ -416,8 +447,8 @@ def _precision(dtype):
     return (jax.enable_x64(True) if dt.itemsize == 8 else contextlib.nullcontext()), dt
 
 
-def _measured(result, measure, dtype):
-    """``result(noise)`` with ``J``'s rounding error measured (:func:`_noise`) where it can matter:
+def with_noise_measured(result, measure, dtype):
+    """``result(noise)`` with ``J``'s rounding error measured (:func:`measure_noise`) where it can matter:
     always below float64 (it sets the kinks' rounding allowance and the floor of the verdict), in
     float64 only for a check short of "fine" (a pass of evaluations saved otherwise)."""
     if np.dtype(dtype).itemsize < 8:
@@ -426,10 +457,10 @@ def _measured(result, measure, dtype):
     return first if first.passed else result(measure())
 
 
-def _work_dtype(leaves, dtype):
+def working_dtype(leaves, dtype):
     """The dtype whose scale the verdict takes: the narrowest leaf's, refused when it has none
     (naming ``dtype``, the argument that changes it)."""
-    work = _narrowest(leaves)
+    work = narrowest_dtype(leaves)
     try:
         scale_for(work)
     except ValueError as err:
