@@ -104,6 +104,50 @@ def training_report(
     return path
 
 
+def _scatter_trials(ax, trials, xs, ys, cs, has_y: bool):
+    """The trials' points on ``ax``: one marker per round, diverged trials as red crosses, the
+    best one circled. Returns the last round's points (for the colour bar), or None."""
+    rounds = np.array([t.get("round", 1) for t in trials])
+    finite = np.isfinite(cs)
+    vmin, vmax = (np.nanmin(cs), np.nanmax(cs)) if finite.any() else (0.0, 1.0)
+    markers = "os^Dv"
+    points = None
+    for r in np.unique(rounds):
+        sel = (rounds == r) & finite
+        points = ax.scatter(
+            xs[sel],
+            ys[sel],
+            c=cs[sel],
+            cmap="viridis",
+            vmin=vmin,
+            vmax=vmax,
+            marker=markers[int(r) % len(markers)],
+            edgecolors="k",
+            linewidths=0.3,
+            label=f"round {int(r)}" if len(np.unique(rounds)) > 1 else None,
+        )
+    if (~finite).any():
+        ax.scatter(
+            xs[~finite],
+            ys[~finite] if has_y else np.full((~finite).sum(), vmin),
+            marker="x",
+            c="red",
+            label="diverged",
+        )
+    if "rank" in trials[0]:
+        best = min(range(len(trials)), key=lambda i: trials[i]["rank"])
+        ax.scatter(
+            [xs[best]],
+            [ys[best]],
+            s=220,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=1.5,
+            label="best",
+        )
+    return points
+
+
 def search_scatter(
     trials: Iterable[Mapping[str, Any]],
     path: _PathLike,
@@ -142,45 +186,8 @@ def search_scatter(
     else:
         ys = np.array([t[y] for t in trials], np.float64)
         ys = 1.0 - ys if is_beta else ys
-    rounds = np.array([t.get("round", 1) for t in trials])
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    finite = np.isfinite(cs)
-    vmin, vmax = (np.nanmin(cs), np.nanmax(cs)) if finite.any() else (0.0, 1.0)
-    markers = "os^Dv"
-    points = None
-    for r in np.unique(rounds):
-        sel = (rounds == r) & finite
-        points = ax.scatter(
-            xs[sel],
-            ys[sel],
-            c=cs[sel],
-            cmap="viridis",
-            vmin=vmin,
-            vmax=vmax,
-            marker=markers[int(r) % len(markers)],
-            edgecolors="k",
-            linewidths=0.3,
-            label=f"round {int(r)}" if len(np.unique(rounds)) > 1 else None,
-        )
-    if (~finite).any():
-        ax.scatter(
-            xs[~finite],
-            ys[~finite] if y is not None else np.full((~finite).sum(), vmin),
-            marker="x",
-            c="red",
-            label="diverged",
-        )
-    if "rank" in trials[0]:
-        best = min(range(len(trials)), key=lambda i: trials[i]["rank"])
-        ax.scatter(
-            [xs[best]],
-            [ys[best]],
-            s=220,
-            facecolors="none",
-            edgecolors="red",
-            linewidths=1.5,
-            label="best",
-        )
+    points = _scatter_trials(ax, trials, xs, ys, cs, y is not None)
     ax.set_xscale("log")
     ax.set_xlabel(f"{x} (log scale)")
     if y is None:

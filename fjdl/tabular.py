@@ -269,6 +269,27 @@ def _is_number(text: str) -> bool:
 # npz
 
 
+def _npz_labels(path: str, y, shape):
+    """The labels of an .npz's ``y``, checked against ``X``'s ``shape``."""
+    if y.ndim != 1 or y.shape[0] != shape[0]:
+        raise TableError(
+            f"{path}: y must have shape (m,) with m = {shape[0]} rows, as X {shape}; "
+            f"got {y.shape}"
+        )
+    if y.dtype.kind not in "biufUS":
+        raise TableError(f"{path}: y must hold integers or strings, it holds {y.dtype}")
+    values = y.astype(str).tolist() if y.dtype.kind in "US" else y.astype(np.float64).tolist()
+    if y.dtype.kind in "US":
+        for i, v in enumerate(values):
+            if v.strip().lower() in MISSING:
+                raise TableError(f"{path}: y[{i}] is a missing value ({v!r})")
+    else:
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise TableError(f"{path}: y[{i}] is {v}; labels must be finite")
+    return _label_names(path, "y", values)
+
+
 def _read_npz(path: str, target_required: bool) -> Table:
     with open(path, "rb") as f:
         magic = f.read(4)
@@ -313,25 +334,7 @@ def _read_npz(path: str, target_required: bool) -> Table:
             f"{path}: X[{i}, {j}] (row {i}, feature {j}, counting from 0) is {X[i, j]}; "
             "features must be finite"
         )
-    labels = None
-    if y is not None:
-        if y.ndim != 1 or y.shape[0] != X.shape[0]:
-            raise TableError(
-                f"{path}: y must have shape (m,) with m = {X.shape[0]} rows, as X {X.shape}; "
-                f"got {y.shape}"
-            )
-        if y.dtype.kind not in "biufUS":
-            raise TableError(f"{path}: y must hold integers or strings, it holds {y.dtype}")
-        values = y.astype(str).tolist() if y.dtype.kind in "US" else y.astype(np.float64).tolist()
-        if y.dtype.kind in "US":
-            for i, v in enumerate(values):
-                if v.strip().lower() in MISSING:
-                    raise TableError(f"{path}: y[{i}] is a missing value ({v!r})")
-        else:
-            for i, v in enumerate(values):
-                if not math.isfinite(v):
-                    raise TableError(f"{path}: y[{i}] is {v}; labels must be finite")
-        labels = _label_names(path, "y", values)
+    labels = None if y is None else _npz_labels(path, y, X.shape)
     return _finish(path, X, labels, None, "y" if labels is not None else None)
 
 

@@ -352,6 +352,44 @@ def _module_and_state(
     return module, ({} if state is None else state)
 
 
+def _split_module(eqx, model, state):
+    """An equinox module's static part, its ``(params, state)`` (its float arrays and its
+    ``eqx.nn.State`` or ``{}``), and whether it has state."""
+    no_state = isinstance(state, dict) and not state
+    module, state = _module_and_state(eqx, model, None if no_state else state)
+    leaves = jax.tree_util.tree_leaves((module, state))
+    if any(isinstance(l, jax.core.Tracer) for l in leaves):
+        raise TypeError(
+            "from_equinox got a module holding traced arrays: build the wrapper outside "
+            "jit/vmap, or pass a factory key -> module"
+        )
+    params, static = eqx.partition(module, eqx.is_inexact_array)
+    return static, (params, jax.tree_util.tree_map(lambda a: a, state)), _is_stateful(state)
+
+
+def _is_stateful(state) -> bool:
+    """Whether a module has state (an ``eqx.nn.State``), not ``{}``."""
+    return not (isinstance(state, dict) and not state)
+
+
+def _static_of_factory(eqx, factory):
+    """The static part of the modules ``factory(key)`` builds, found without building one, and
+    whether they have state."""
+    module, state = eqx.filter_eval_shape(
+        lambda key: _module_and_state(eqx, factory(key), None, from_factory=True),
+        jax.random.key(0),
+    )
+    is_struct = lambda a: isinstance(a, jax.ShapeDtypeStruct)  # noqa: E731
+    is_float = lambda a: is_struct(a) and jnp.issubdtype(a.dtype, jnp.inexact)  # noqa: E731
+    _, static = eqx.partition(module, is_float, is_leaf=is_struct)
+    if any(is_struct(l) for l in jax.tree_util.tree_leaves(static, is_leaf=is_struct)):
+        raise ValueError(
+            "factory(key) returns a module holding non-float arrays, which the wrapper cannot "
+            "keep static; pass the module itself instead"
+        )
+    return static, _is_stateful(state)
+
+
 def from_equinox(
     model: Any, state: Any = None, *, axis_name: Hashable = BATCH_AXIS
 ) -> EquinoxModel:
@@ -421,35 +459,14 @@ def from_equinox(
         raise TypeError(f"axis_name must be hashable, got {axis_name!r}") from None
     if isinstance(model, eqx.Module):
         factory = None
-        no_state = isinstance(state, dict) and not state
-        module, state = _module_and_state(eqx, model, None if no_state else state)
-        leaves = jax.tree_util.tree_leaves((module, state))
-        if any(isinstance(l, jax.core.Tracer) for l in leaves):
-            raise TypeError(
-                "from_equinox got a module holding traced arrays: build the wrapper outside "
-                "jit/vmap, or pass a factory key -> module"
-            )
-        params, static = eqx.partition(module, eqx.is_inexact_array)
-        initial = (params, jax.tree_util.tree_map(lambda a: a, state))
+        static, initial, stateful = _split_module(eqx, model, state)
     elif callable(model) and not _is_flax_module(model):
         if state not in (None, {}):
             raise ValueError(
                 "state is for a module; a factory returns its own state: key -> (module, state)"
             )
         factory, initial = model, None
-        shapes = eqx.filter_eval_shape(
-            lambda key: _module_and_state(eqx, model(key), None, from_factory=True),
-            jax.random.key(0),
-        )
-        module, state = shapes
-        is_struct = lambda a: isinstance(a, jax.ShapeDtypeStruct)  # noqa: E731
-        is_float = lambda a: is_struct(a) and jnp.issubdtype(a.dtype, jnp.inexact)  # noqa: E731
-        _, static = eqx.partition(module, is_float, is_leaf=is_struct)
-        if any(is_struct(l) for l in jax.tree_util.tree_leaves(static, is_leaf=is_struct)):
-            raise ValueError(
-                "factory(key) returns a module holding non-float arrays, which the wrapper cannot "
-                "keep static; pass the module itself instead"
-            )
+        static, stateful = _static_of_factory(eqx, model)
     else:
         raise TypeError(
             f"model must be an equinox Module or a factory key -> module, got "
@@ -468,7 +485,6 @@ def from_equinox(
         isinstance(n, eqx.nn.Dropout) and not (isinstance(n.p, int | float) and n.p == 0)
         for n in layers
     )
-    stateful = not (isinstance(state, dict) and not state)
     result = EquinoxModel(
         static,
         axis_name,
