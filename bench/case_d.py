@@ -288,7 +288,7 @@ def _programs() -> int:
     """Programs train_many has compiled: the training loops and the start states (inits)."""
     from fjdl.tune import many
 
-    return sum(f._cache_size() for f in (many.run_many, many._start_widths, many._start_loops))
+    return sum(f._cache_size() for f in (many.run_many, many._start_widths, many._start_models))
 
 
 def run_shape_search(quick: bool) -> dict:

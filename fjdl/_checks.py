@@ -51,46 +51,58 @@ def check_real(name: str, value: object) -> None:
     raise TypeError(f"{name} must be a real number or numeric array, got {type(value).__name__}")
 
 
-def check_finite(name: str, value: object) -> None:
+def _first_bad(value: object, v: np.ndarray, bad: np.ndarray, label: str) -> str:
+    """``value`` as a message shows it: itself for a scalar, else the first bad entry and where
+    it is (``label`` names the leading axis: ``"model"`` for one value per model)."""
+    if v.ndim == 0:
+        return repr(value)
+    where = np.argwhere(bad)[0]
+    first = v[tuple(where)].item()
+    more = int(bad.sum()) - 1
+    return f"{first!r} ({label} {int(where[0])}" + (f"; {more} more)" if more else ")")
+
+
+def _check_values(name, value, bad_of, want: str, label: str) -> None:
+    v = _concrete_values(value)
+    if v is None or v.dtype == object:
+        return
+    bad = bad_of(v)
+    if np.any(bad):
+        raise ValueError(f"{name} must be {want}, got {_first_bad(value, v, np.asarray(bad), label)}")
+
+
+def check_finite(name: str, value: object, *, label: str = "entry") -> None:
     check_real(name, value)
-    v = _concrete_values(value)
-    if v is not None and not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+    _check_values(name, value, lambda v: ~np.isfinite(v), "finite", label)
 
 
-def check_nonnegative(name: str, value: object) -> None:
-    """``value >= 0`` (a learning rate, lambd, a decay rate)."""
-    check_finite(name, value)
-    v = _concrete_values(value)
-    if v is not None and np.any(v < 0):
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+def check_nonnegative(name: str, value: object, *, label: str = "entry") -> None:
+    """``value >= 0`` (a learning rate, lambd, a decay rate); every entry of an array."""
+    check_finite(name, value, label=label)
+    _check_values(name, value, lambda v: v < 0, ">= 0", label)
 
 
-def check_positive(name: str, value: object) -> None:
-    check_finite(name, value)
-    v = _concrete_values(value)
-    if v is not None and np.any(v <= 0):
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+def check_positive(name: str, value: object, *, label: str = "entry") -> None:
+    check_finite(name, value, label=label)
+    _check_values(name, value, lambda v: v <= 0, "> 0", label)
 
 
 def check_unit_interval(
-    name: str, value: object, *, low_open: bool = False, high_open: bool = True
+    name: str, value: object, *, low_open: bool = False, high_open: bool = True, label="entry"
 ) -> None:
     """``value`` in [0, 1) by default (a beta); the bounds' openness is selectable."""
-    check_finite(name, value)
-    v = _concrete_values(value)
-    if v is None:
-        return
-    low_bad = np.any(v <= 0) if low_open else np.any(v < 0)
-    high_bad = np.any(v >= 1) if high_open else np.any(v > 1)
-    if low_bad or high_bad:
-        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    check_finite(name, value, label=label)
+    interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+
+    def bad_of(v):
+        return ((v <= 0) if low_open else (v < 0)) | ((v >= 1) if high_open else (v > 1))
+
+    _check_values(name, value, bad_of, f"in {interval}", label)
 
 
-def check_keep_prob(name: str, value: object) -> None:
+def check_keep_prob(name: str, value: object, *, label: str = "entry") -> None:
     """A dropout keep probability: in (0, 1]."""
-    check_unit_interval(name, value, low_open=True, high_open=False)
+    check_unit_interval(name, value, low_open=True, high_open=False, label=label)
 
 
 def check_positive_int(name: str, value: object) -> None:

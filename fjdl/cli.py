@@ -28,7 +28,8 @@ USAGE_ERROR = 2
 FAILURE = 1
 """Exit status of a failure while running: a diverged run, a file that cannot be written."""
 OPTIMIZERS = ("gd", "momentum", "rmsprop", "adam")
-"""The choices of ``--optimizer``."""
+"""The choices of ``--optimizer``: the names of :data:`fjdl.train.OPTIMIZERS` (a test keeps them in
+step; the library is not imported here, so that ``--help`` stays quick)."""
 ACTIVATIONS = ("relu", "tanh", "leaky_relu", "sigmoid")
 """The choices of ``--activation``."""
 
@@ -580,18 +581,13 @@ def _schedule(args):
     return lambda lr0: schedules.inverse_sqrt_decay(lr0, 1.0)
 
 
-def _optimizer(args):
-    from functools import partial
+def _optimizer(args) -> dict:
+    """``fit``'s optimizer arguments: the name, and the hyperparameters that the registry of named
+    optimizers (:data:`fjdl.train.OPTIMIZERS`) says it takes (arrays: nothing recompiles)."""
+    from fjdl import train
 
-    from fjdl import optim
-
-    if args.optimizer == "gd":
-        return optim.gd
-    if args.optimizer == "momentum":
-        return partial(optim.momentum, beta=args.beta)
-    if args.optimizer == "rmsprop":
-        return partial(optim.rmsprop, beta=args.beta, epsilon=args.epsilon)
-    return partial(optim.adam, beta1=args.beta1, beta2=args.beta2, epsilon=args.epsilon)
+    names = train.OPTIMIZERS[args.optimizer].hyperparams
+    return {"optimizer": args.optimizer, **{name: getattr(args, name) for name in names}}
 
 
 def _report_divergence(args, err) -> int:
@@ -664,7 +660,7 @@ def cmd_train(args) -> int:
             X_tr,
             Y_tr,
             key=fit_key,
-            optimizer=_optimizer(args),
+            **_optimizer(args),
             learning_rate=args.lr,
             epochs=args.epochs,
             batch_size=None if args.full_batch else args.batch_size,

@@ -222,11 +222,9 @@ def fit_data_parallel(
       (2,)
     """
     devices = _devices(devices)
-    X, Y = shard_data((train._as_inputs("training", X), jnp.asarray(Y)), devices)
-    if dev is not None:
-        if not isinstance(dev, tuple | list) or len(dev) != 2:
-            raise ValueError(f"dev must be a pair (X_dev, Y_dev), got {type(dev).__name__}")
-        X_dev, Y_dev = train._as_inputs("dev", dev[0]), jnp.asarray(dev[1])
+    X, Y = shard_data((train.as_inputs("training", X), jnp.asarray(Y)), devices)
+    if isinstance(dev, tuple | list) and len(dev) == 2:  # anything else: fit refuses it
+        X_dev, Y_dev = train.as_inputs("dev", dev[0]), jnp.asarray(dev[1])
         if X_dev.shape[0] % len(devices) == 0:
             dev = shard_data((X_dev, Y_dev), devices)
         else:

@@ -228,21 +228,13 @@ def test_vmap_over_learning_rates_equals_separate_runs(moons):
     config = MLP((2, 4, 1))
     key = jax.random.key(0)
     lrs = jnp.array([0.001, 0.01, 0.1])
-    state0 = train.init_state(key, config, "adam", 0.01)
-    run = functools.partial(
-        train.run_epochs,
-        config=config,
-        optimizer=optim.adam,
-        schedule=None,
-        batch_size=64,
-        epochs=4,
-        patience=None,
-    )
+    run = train.prepare(config, X, Y, learning_rate=0.01, batch_size=64, epochs=4)
+    state0 = train.start(run.spec.optimizer, run.spec.rate, run.hp, key, run.init)
 
     def one(lr):
-        hp = train.make_hyperparams(config, 0.01)._replace(learning_rate=lr)
-        loop, hist = run(state0, hp, X, Y, None, None, jnp.float32(0))
-        return loop.state.params, hist.cost
+        hp = run.hp._replace(learning_rate=lr)
+        loop = train.run_epochs(run.spec, hp, run.data, train.start_loop(state0, 4))
+        return loop.state.params, loop.history.cost
 
     params, costs = jax.vmap(one)(lrs)
     for i, lr in enumerate([0.001, 0.01, 0.1]):
@@ -323,15 +315,15 @@ def moons120():
 
 @pytest.mark.parametrize("eval_every, chunk", [(1, 1), (7, 7), (50, 50), (200, 100), (97, 97)])
 def test_chunk_size_divides_eval_every(eval_every, chunk):
-    assert train._chunk_size(eval_every, 1000) == chunk
-    assert eval_every % train._chunk_size(eval_every, 1000) == 0
-    assert train._chunk_size(50, 20) == 10  # never longer than the run
+    assert train.chunk_size(eval_every, 1000) == chunk
+    assert eval_every % train.chunk_size(eval_every, 1000) == 0
+    assert train.chunk_size(50, 20) == 10  # never longer than the run
 
 
 def _per_epoch_fit(monkeypatch, *args, **kwargs):
     """fit with chunks switched off: the reference per-epoch loop."""
     with monkeypatch.context() as mp:
-        mp.setattr(train, "_chunk_size", lambda eval_every, epochs: 1)
+        mp.setattr(train._loop, "chunk_size", lambda eval_every, epochs: 1)
         train.run_epochs.clear_cache()
         try:
             return train.fit(*args, **kwargs)

@@ -12,7 +12,6 @@ import pytest
 
 from fjdl import data, model, train, tune
 from fjdl.model import MLP
-from fjdl.tune import _shapes as shapes
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +83,11 @@ def test_masks_equal_the_narrow_forward_pass(moons):
     narrow, wide = MLP((2, 3, 4, 1)), MLP((2, 6, 4, 1))
     params, state = model.init(jax.random.key(0), narrow)
     wide_params, wide_state = model.init(jax.random.key(1), wide)
-    padded = shapes.pad(params, wide_params)
+    padded = model.pad(params, wide_params)
     out, _ = model.apply(narrow, params, state, X)
     wide_out, _ = model.apply(
-        wide, padded, shapes.pad_model_state(state, wide_state), X,
-        unit_masks=shapes.unit_masks(narrow, wide),
+        wide, padded, model.pad_model_state(state, wide_state), X,
+        unit_masks=model.unit_masks(narrow, wide),
     )  # fmt: skip
     np.testing.assert_allclose(wide_out, out, rtol=1e-6, atol=1e-6)
 
@@ -97,7 +96,7 @@ def test_dropout_of_padded_models_keeps_each_real_unit_at_its_rate():
     """With dropout, the wide model draws its own masks (not the narrow model's draws): each real
     unit is kept with probability keep_prob, and the padded units stay off. A probe network
     whose output is its hidden layer (all ones before dropout) shows which units were kept."""
-    masks = shapes.unit_masks(MLP((2, 40, 1)), MLP((2, 90, 1)))
+    masks = model.unit_masks(MLP((2, 40, 1)), MLP((2, 90, 1)))
     probe = MLP((2, 90, 90), output="linear", keep_probs=0.7)
     _, state = model.init(jax.random.key(0), probe)
     params = (
@@ -311,16 +310,15 @@ def _check_init_padded(scheme, dtype):
     for hidden in ((9, 6), (4, 6), (2, 1)):
         narrow = MLP((3, *hidden, 2), batchnorm=True, output="softmax")
         key = jax.random.key(11)
-        scales = shapes.init_scales(narrow, scheme)
-        (params, state), run_key = jax.jit(
-            lambda k, n, s: shapes.init_padded(k, n, s, wide=wide, dtype=dtype)
-        )(key, jnp.asarray(narrow.sizes), None if scales is None else jnp.asarray(scales))
-        init_key, want_key = jax.random.split(key)
+        scales = model.init_scales(narrow, scheme)
+        init_key = jax.random.split(key)[0]  # as fjdl.train.start splits the run's key
+        params, state = jax.jit(
+            lambda k, n, s: model.init_padded(k, n, s, wide=wide, dtype=dtype)
+        )(init_key, jnp.asarray(narrow.sizes), None if scales is None else jnp.asarray(scales))
         want_params, want_state = model.init(init_key, narrow, scheme, dtype)
         wide_params, wide_state = model.init(init_key, wide, scheme, dtype)
-        chex.assert_trees_all_equal(params, shapes.pad(want_params, wide_params))
-        chex.assert_trees_all_equal(state, shapes.pad_model_state(want_state, wide_state))
-        assert jnp.array_equal(jax.random.key_data(run_key), jax.random.key_data(want_key))
+        chex.assert_trees_all_equal(params, model.pad(want_params, wide_params))
+        chex.assert_trees_all_equal(state, model.pad_model_state(want_state, wide_state))
 
 
 def test_coarse_to_fine_over_widths_and_optimizers_compiles_once_per_optimizer(moons):

@@ -3,12 +3,13 @@ r"""Many models at once ("caviar"): ``jax.vmap`` of the compiled loop that :func
 :func:`train_many` trains ``N`` models that differ in hyperparameters, seeds, hidden widths and
 optimizer as few compiled programs, and model ``i`` is what ``fit(model_i, X, Y, key=keys[i],
 ...)`` returns, to float rounding. There is one training loop in fjdl,
-:func:`fjdl.train.run_epochs`; here it is mapped over a leading model axis of the state, the
-hyperparameters, the optimizer's numbers and the early-stopping threshold, with the data shared:
+:func:`fjdl.train.run_epochs`; here it is mapped over a leading model axis of the loop's carry
+and the :class:`fjdl.train.Hyperparams` (which hold the optimizer's numbers and the
+early-stopping threshold too), with the data shared:
 
 .. math::
-  \text{run}_{\text{many}} = \text{vmap}(\text{run\_epochs})(\text{state}_{1..N},\
-  \text{hp}_{1..N}, \ldots;\ X, Y)
+  \text{run}_{\text{many}} = \text{vmap}(\text{run\_epochs})(\text{loop}_{1..N},\
+  \text{hp}_{1..N};\ \text{spec}, X, Y)
 
 Models are grouped by what must be static in the program: the model (MLPs that differ only in
 hidden widths form one group, padded to the widest, see "Several widths in one program" below) and the
@@ -58,6 +59,7 @@ import math
 import os
 import sys
 import threading
+import typing
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -66,13 +68,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fjdl import _checks, _progress, losses, optim, parallel, schedules, train
+from fjdl import _checks, _progress, parallel, train
 from fjdl import model as model_lib
 from fjdl.model import MLP
-from fjdl.tune import _shapes as shapes
 
-OPTIMIZER_NAMES = ("gd", "momentum", "rmsprop", "adam")
-"""The optimizers :func:`train_many` builds by name (those of :mod:`fjdl.optim`)."""
+OPTIMIZER_NAMES = tuple(train.OPTIMIZERS)
+"""The optimizers :func:`train_many` builds by name (those of :data:`fjdl.train.OPTIMIZERS`)."""
+
 
 class ModelGroup(NamedTuple):
     """Models trained together as one program: the model they were trained as (for MLPs of
@@ -144,7 +146,7 @@ class ManyResult:
             if where.size:
                 state = jax.tree.map(lambda a, j=int(where[0]): a[j], g.state)
                 narrow = self._narrow[i] if self._narrow else None
-                return state if narrow is None else shapes.unpad(state, narrow)
+                return state if narrow is None else model_lib.unpad(state, narrow)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def final(self, field: str = "dev_accuracy") -> np.ndarray:
@@ -154,16 +156,11 @@ class ManyResult:
     def records(self) -> list[dict]:
         """One dict per model: its index, model (hidden widths for an MLP), optimizer and
         hyperparameters, the final train/dev cost and accuracy, and how it ended."""
-        finals = {
-            "train_cost": self.final("cost"),
-            "train_accuracy": self.final("train_accuracy"),
-            "dev_cost": self.final("dev_cost"),
-            "dev_accuracy": self.final("dev_accuracy"),
-        }
+        finals = {name: self.final(field) for name, field in train.FINAL_METRICS.items()}
         out = []
         for i, model in enumerate(self.configs):
             r: dict[str, Any] = {"index": i}
-            r["hidden"] = shapes.hidden_widths(model) if isinstance(model, MLP) else None
+            r["hidden"] = model_lib.hidden_widths(model) if isinstance(model, MLP) else None
             for name, values in self.hyperparams.items():
                 v = values[i]
                 r[name] = v.item() if isinstance(v, np.generic) else v
@@ -186,7 +183,7 @@ class ManyResult:
         return _to_pandas(self.records())
 
 
-METRICS = ("train_cost", "train_accuracy", "dev_cost", "dev_accuracy")
+METRICS = tuple(train.FINAL_METRICS)
 """The final metrics in every record (the last finite value of each history field)."""
 
 
@@ -225,10 +222,6 @@ def _last_finite(values: np.ndarray) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# Validation
-
-
 def _check_keys(keys):
     if keys is None:
         raise TypeError("train_many needs one PRNG key per model: keys=jax.random.split(key, n)")
@@ -246,276 +239,92 @@ def _check_keys(keys):
     return keys
 
 
-def _per_model(name, value, n) -> np.ndarray:
-    """``value`` as ``(n,)`` float64: a number is repeated; a sequence must have ``n`` entries."""
-    try:
-        arr = np.asarray(value, np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or one number per model, got {value!r}") from None
-    if arr.ndim == 0:
-        arr = np.full((n,), float(arr))
-    if arr.shape != (n,):
-        raise ValueError(
-            f"{name} must be a number or have one value per model ({n}), got shape {arr.shape}"
-        )
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(f"{name} must be finite, got {arr[bad][0]!r} (model {np.argmax(bad)})")
-    return arr
-
-
-def _check_range(name, arr, low, high=None, *, high_open=True):
-    bad = arr < low
-    if high is not None:
-        bad |= (arr >= high) if high_open else (arr > high)
-    if bad.any():
-        i = int(np.argmax(bad))
-        want = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be {want}, got {arr[i]!r} (model {i})")
-
-
-def _per_model_list(name, value, n, one) -> list:
-    """A list of ``n`` items: ``value`` repeated when ``one(value)``, else a sequence of ``n``."""
-    if one(value):
-        return [value] * n
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        items = list(value)
-        if len(items) != n:
-            raise ValueError(f"{name} must be one value or one per model ({n}), got {len(items)}")
-        return items
-    raise TypeError(f"{name} must be one value or a sequence of one per model, got {value!r}")
-
-
-def _is_transformation(o) -> bool:
-    return hasattr(o, "init") and hasattr(o, "update")
-
-
-def _optimizer_kind(o):
-    """The static optimizer of a group: a name's :class:`fjdl.train._Named`, a factory, or a
-    ready transformation."""
-    if isinstance(o, str) and o not in OPTIMIZER_NAMES:
-        raise ValueError(f"optimizer must be one of {OPTIMIZER_NAMES}, got {o!r}")
-    return train._resolve_optimizer(o)
-
-
-def _keep_probs(model, keep_probs, n) -> np.ndarray:
-    """Per-model keep_probs of an MLP's hidden layers, ``(n, n_hidden)``; ``(n, 0)`` otherwise."""
-    if not isinstance(model, MLP):
-        if keep_probs is not None:
-            raise ValueError(
-                "keep_probs applies to an fjdl.MLP only; a model of another kind applies its own "
-                f"dropout, got keep_probs={keep_probs!r} for {type(model).__name__}"
-            )
-        return np.zeros((n, 0))
-    n_hidden = model.n_layers - 1
-    if keep_probs is None:
-        base = model.keep_probs if model.keep_probs is not None else (1.0,) * n_hidden
-        return np.broadcast_to(np.asarray(base, np.float64), (n, n_hidden)).copy()
-    arr = np.asarray(keep_probs, np.float64)
-    if arr.ndim == 0:
-        arr = np.full((n, n_hidden), float(arr))
-    elif arr.ndim == 1:
-        if arr.shape[0] != n:
-            raise ValueError(f"keep_probs must have one value per model ({n}), got {arr.shape[0]}")
-        arr = np.repeat(arr[:, None], n_hidden, axis=1)
-    if arr.shape != (n, n_hidden):
-        raise ValueError(f"keep_probs must have shape ({n}, {n_hidden}), got {arr.shape}")
-    bad = (arr <= 0) | (arr > 1) | ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(
-            f"keep_probs must be in (0, 1], got {float(arr[bad][0])} (model "
-            f"{int(np.argwhere(bad)[0][0])}; {int(bad.sum()) - 1} more bad value(s))"
-        )
-    return arr
-
 
 # --------------------------------------------------------------------------------------------------
-# The compiled program: vmap of fit's loop
-
-_STATIC = (
-    "config",
-    "loss",
-    "is_weight",
-    "optimizer",
-    "schedule",
-    "batch_size",
-    "epochs",
-    "patience",
-    "eval_every",
-)
+# The compiled programs: the start of the runs, and vmap of fit's loop
 
 
-@partial(jax.jit, static_argnames=_STATIC)
-def run_many(
-    loops,
-    hp,
-    opt_hp,
-    min_delta,
-    X,
-    Y,
-    X_dev,
-    Y_dev,
-    until,
-    *,
-    config,
-    loss,
-    is_weight,
-    optimizer,
-    schedule,
-    batch_size,
-    epochs,
-    patience,
-    eval_every,
-):
-    """:func:`fjdl.train.run_epochs` mapped over models: ``loops`` (stacked carries, see
-    :func:`fjdl.train.start_loop`), ``hp``, ``opt_hp`` and ``min_delta`` have a leading model
-    axis; the data and ``until`` are shared. Returns the stacked carries."""
-
-    def one(loop, hp, opt_hp, min_delta):
-        loop, _ = train.run_epochs(
-            loop.state,
-            hp,
-            X,
-            Y,
-            X_dev,
-            Y_dev,
-            min_delta,
-            config=config,
-            loss=loss,
-            is_weight=is_weight,
-            optimizer=optimizer,
-            schedule=schedule,
-            batch_size=batch_size,
-            epochs=epochs,
-            patience=patience,
-            eval_every=eval_every,
-            opt_hp=opt_hp,
-            loop=loop,
-            until=until,
-        )
-        return loop
-
-    return jax.vmap(one)(loops, hp, opt_hp, min_delta)
+@partial(jax.jit, static_argnames=("spec",))
+def run_many(spec: train.RunSpec, hp: train.Hyperparams, data: train.Data, loops, until):
+    """:func:`fjdl.train.run_epochs` mapped over models: ``hp`` and ``loops`` (stacked carries,
+    see :func:`fjdl.train.start_loop`) have a leading model axis; the data and ``until`` are
+    shared. Returns the stacked carries."""
+    return jax.vmap(lambda h, loop: train.run_epochs(spec, h, data, loop, until))(hp, loops)
 
 
-def _init_one(key, config, scheme, dtype):
-    """One key's initial parameters, model state and run key, as :func:`fjdl.train.init_state`
-    makes them (its split of the key, the model's init)."""
-    init_key, run_key = jax.random.split(key)
-    if isinstance(config, MLP):
-        params, model_state = model_lib.init(init_key, config, scheme or "he", dtype)
-    else:
-        params, model_state = config.init(init_key)
-        model_state = {} if model_state is None else model_state
-    return params, model_state, run_key
+def _start_loop(spec: train.RunSpec, hp, key, init, dtype) -> train.Loop:
+    """One model's start carry: :func:`fjdl.train.start` (the one initialization path) with
+    ``init``, then :func:`fjdl.train.start_loop`."""
+    state = train.start(spec.optimizer, spec.rate, hp, key, init)
+    return train.start_loop(state, spec.epochs, dtype)
 
 
-@partial(jax.jit, static_argnames=("models", "wide", "optimizer", "scheme", "dtype", "epochs"))
-def _start_loops(key_groups, inverse, *, models, wide, optimizer, scheme, dtype, epochs):
-    """The stacked start carries of a group, as one compiled program: the models of each
-    distinct (narrow) model in ``models`` initialized from their keys in ``key_groups``, padded
-    to ``wide``, put back in the members' order (``inverse``), then the optimizer's states and
-    the loops' carries (:func:`fjdl.train.start_loop`). One program for any mix of widths: an
-    init per width, compiled apart, cost 2 s each on 2 cores."""
-    wide_params, wide_state, _ = jax.eval_shape(
-        lambda k: _init_one(k, wide, scheme, dtype), key_groups[0][0]
-    )
+@partial(jax.jit, static_argnames=("spec", "dtype"))
+def _start_widths(spec: train.RunSpec, hp, keys, sizes, scales, *, dtype):
+    """The stacked start carries of MLPs of any widths up to ``spec.model`` under a named scheme:
+    their layer ``sizes`` and init ``scales`` are arrays, so one program serves every mix of
+    widths (see :func:`fjdl.model.init_padded`)."""
+
+    wide = typing.cast(MLP, spec.model)
+
+    def one(h, key, n, s):
+        init = partial(model_lib.init_padded, sizes=n, scales=s, wide=wide, dtype=dtype)
+        return _start_loop(spec, h, key, init, dtype)
+
+    return jax.vmap(one)(hp, keys, sizes, scales)
+
+
+@partial(jax.jit, static_argnames=("spec", "models", "scheme", "dtype"))
+def _start_models(spec: train.RunSpec, hps, key_groups, inverse, *, models, scheme, dtype):
+    """The stacked start carries of a group, as one compiled program: the members of each
+    distinct model in ``models`` initialized from their keys in ``key_groups`` (and their
+    hyperparameters in ``hps``), padded to ``spec.model``, put back in the members' order
+    (``inverse``). One program for any mix of widths: an init per width, compiled apart, cost 2 s
+    each on 2 cores."""
+    wide_init = train.model_init(spec.model, scheme, dtype)
+    wide_params, wide_state = jax.eval_shape(wide_init, key_groups[0][0])
+
+    def padded(init, key):
+        params, state = init(key)
+        if isinstance(spec.model, MLP):
+            state = model_lib.pad_model_state(state, wide_state)
+        return model_lib.pad(params, wide_params), state
+
     pieces = []
-    for model, keys in zip(models, key_groups):
-        p, s, k = jax.vmap(lambda key, model=model: _init_one(key, model, scheme, dtype))(keys)
-        if model != wide:
-            n = keys.shape[0]
-            p = shapes.pad(p, _stacked_shapes(wide_params, n))
-            if isinstance(wide, MLP):
-                s = shapes.pad_model_state(s, _stacked_shapes(wide_state, n))
-        pieces.append((p, s, k))
-    params, model_state, run_keys = (
-        jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *(piece[i] for piece in pieces))
-        for i in range(3)
-    )
-    return _loops_of(params, model_state, run_keys, optimizer, dtype, epochs)
+    for model, keys, hp in zip(models, key_groups, hps):
+        init = train.model_init(model, scheme, dtype)
+        init = init if model == spec.model else partial(padded, init)
+        pieces.append(jax.vmap(lambda h, k, init=init: _start_loop(spec, h, k, init, dtype))(hp, keys))
+    return jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *pieces)
 
 
-@partial(jax.jit, static_argnames=("wide", "optimizer", "dtype", "epochs"))
-def _start_widths(keys, sizes, scales, *, wide, optimizer, dtype, epochs):
-    """:func:`_start_loops` for MLPs of any widths up to ``wide`` under a named scheme: their
-    layer ``sizes`` and init ``scales`` are arrays, so one program serves every mix of widths
-    (see :func:`fjdl.tune._shapes.init_padded`)."""
-    (params, model_state), run_keys = jax.vmap(
-        lambda k, n, s: shapes.init_padded(k, n, s, wide=wide, dtype=dtype)
-    )(keys, sizes, scales)
-    return _loops_of(params, model_state, run_keys, optimizer, dtype, epochs)
-
-
-def _loops_of(params, model_state, run_keys, optimizer, dtype, epochs):
-    """The stacked start carries from stacked parameters: the optimizer's states, built as
-    :func:`fjdl.train.init_state` builds them, and :func:`fjdl.train.start_loop`."""
-    leaf_dtype = jax.tree.leaves(params)[0].dtype
-    opt = optimizer(lambda count: jnp.zeros((), leaf_dtype))
-    opt_state = jax.vmap(opt.init)(params)
-    zero = jnp.zeros((run_keys.shape[0],), jnp.int32)
-    states = train.TrainState(params, model_state, opt_state, zero, zero, run_keys)
-    return jax.vmap(lambda st: train.start_loop(st, epochs, dtype))(states)
-
-
-def _stacked_shapes(tree, n: int):
-    """``tree``'s shapes with a leading axis of ``n`` models."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype), tree)
-
-
-def _start(members, models, keys, optimizer, scheme, dtype, epochs, wide):
-    """The stacked start carries of a group: each model initialized as its own model, padded to
-    ``wide``. Returns ``(loops, narrow)``, ``narrow[j]`` the unpadded state's shapes (a template
-    :class:`fjdl.train.TrainState` of ``ShapeDtypeStruct`` leaves) or None."""
+def _start(spec: train.RunSpec, hp, models: list, keys, scheme, dtype):
+    """The stacked start carries of one chunk of a group (``models``: each member's own model,
+    ``keys`` and ``hp`` theirs). Returns ``(loops, narrow)``, ``narrow[j]`` the shapes of member
+    ``j``'s own unpadded :class:`fjdl.train.TrainState` (``ShapeDtypeStruct`` leaves), or None."""
     by_model: dict = {}
-    for j, i in enumerate(members):
-        by_model.setdefault(models[i], []).append(j)
-    distinct = tuple(by_model)
-    if isinstance(wide, MLP) and shapes.can_init_padded(scheme, keys):
-        # Any widths, one program: the sizes and the init's scales are arrays.
-        scales = {m: shapes.init_scales(m, scheme or "he") for m in distinct}
-        per_member = [scales[models[i]] for i in members]
-        loops = _start_widths(
-            keys[np.asarray(members)],
-            jnp.asarray(np.array([models[i].sizes for i in members]), jnp.int32),
-            None  # "zeros" draws nothing
-            if any(s is None for s in per_member)
-            else jnp.asarray(np.stack([s for s in per_member if s is not None]), jnp.float32),
-            wide=wide,
-            optimizer=optimizer,
-            dtype=dtype,
-            epochs=epochs,
-        )
+    for j, mdl in enumerate(models):
+        by_model.setdefault(mdl, []).append(j)
+    if isinstance(spec.model, MLP) and model_lib.can_init_padded(scheme, keys):
+        per_model = [model_lib.init_scales(m, scheme or "he") for m in models]
+        sizes = jnp.asarray(np.array([m.sizes for m in models]), jnp.int32)
+        drawn = [s for s in per_model if s is not None]  # "zeros" draws nothing
+        scales = jnp.asarray(np.stack(drawn), jnp.float32) if len(drawn) == len(models) else None
+        loops = _start_widths(spec, hp, keys, sizes, scales, dtype=dtype)
     else:
-        key_groups = tuple(keys[np.asarray(members)[js]] for js in by_model.values())
-        order = np.concatenate([np.asarray(js) for js in by_model.values()])
-        loops = _start_loops(
-            key_groups,
-            jnp.asarray(np.argsort(order)),
-            models=distinct,
-            wide=wide,
-            optimizer=optimizer,
-            scheme=scheme,
+        js = [np.asarray(j) for j in by_model.values()]
+        loops = _start_models(
+            spec, tuple(_take(hp, j) for j in js), tuple(keys[j] for j in js),
+            jnp.asarray(np.argsort(np.concatenate(js))), models=tuple(by_model), scheme=scheme,
             dtype=dtype,
-            epochs=epochs,
-        )
-    narrow: list = [None] * len(members)
-    for model, js in by_model.items():
-        if model == wide:
-            continue
-        one_params, one_state, _ = jax.eval_shape(
-            lambda k, model=model: _init_one(k, model, scheme, dtype), keys[0]
-        )
-        zero_rate = jnp.zeros((), jax.tree.leaves(one_params)[0].dtype)
-        opt = optimizer(lambda count, zero_rate=zero_rate: zero_rate)
-        # A template of one model's shapes, not a state: ShapeDtypeStruct leaves, and None for
-        # the step, the epoch and the key (``_make`` takes the fields untyped).
-        templ = train.TrainState._make(
-            (one_params, one_state, jax.eval_shape(opt.init, one_params), None, None, None)
-        )
-        for j in js:
-            narrow[j] = templ
-    return loops, narrow
+        )  # fmt: skip
+    hp0, templates = _take(hp, 0), {}
+    for mdl in by_model:
+        if mdl != spec.model:
+            init = train.model_init(mdl, scheme, dtype)
+            one = partial(train.start, spec.optimizer, spec.rate, hp0, init=init)
+            templates[mdl] = jax.eval_shape(one, keys[0])
+    return loops, [templates.get(m) for m in models]
 
 
 def _cpu_threads(devices, n_models: int) -> int:
@@ -541,6 +350,61 @@ def _all_ended(loops) -> bool:
 
 # --------------------------------------------------------------------------------------------------
 # train_many
+
+_PER_MODEL = ("learning_rate", "lambd", "l1", "keep_probs", "beta", "beta1", "beta2", "epsilon",
+              "decay_rate", "min_delta")  # fmt: skip
+"""The arguments of :func:`train_many` that take one value per model."""
+
+
+class _Plan(NamedTuple):
+    """A group, prepared: its members (indices among all the models), their own models, and the
+    :class:`fjdl.train.Run` they run as one program (``hp`` with a leading axis of members)."""
+
+    members: list
+    models: list
+    run: train.Run
+
+
+def _of_members(value, members, n: int):
+    """The members' entries of a per-model argument (given as ``n`` values), else ``value``."""
+    if value is None or callable(value) or isinstance(value, str):
+        return value
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        return value
+    return arr[np.asarray(members)] if arr.ndim >= 1 and arr.shape[0] == n else value
+
+
+def _plan(members, optimizer, models, X, Y, settings: dict, n: int, pad_to) -> _Plan:
+    """One group's :class:`fjdl.train.Run` from :func:`fjdl.train.prepare` (every check there),
+    the members' MLPs padded to the group's widest, with masks of their own units."""
+    own = [models[i] for i in members]
+    is_mlp = isinstance(own[0], MLP) and own[0].n_layers > 1
+    wide = model_lib.widest(own, pad_to) if is_mlp else own[0]
+    given = {k: _of_members(v, members, n) if k in _PER_MODEL else v for k, v in settings.items()}
+    run = train.prepare(wide, X, Y, n=len(members), optimizer=optimizer, **given)
+    # Masks only where a model is narrower than the group's widest (they cost a multiply per unit
+    # and step; a call whose models are all of the widest widths is its own program).
+    if is_mlp and any(m != wide for m in own):
+        dtype = run.data.X.dtype
+        per = [model_lib.unit_masks(m, wide, dtype) for m in own]
+        masks = tuple(jnp.stack([p[l] for p in per]) for l in range(wide.n_layers - 1))
+        run = run._replace(hp=run.hp._replace(unit_masks=masks))
+    return _Plan(list(members), own, run)
+
+
+def _groups(models, optimizers) -> list[tuple[Any, list[int]]]:
+    """``(optimizer, members)`` per compiled program: the optimizer's kind and the model, where
+    MLPs that differ only in hidden widths share one (for optimizers given by name)."""
+    members_of: dict = {}
+    for i, (mdl, opt) in enumerate(zip(models, optimizers)):
+        # Padding is exact for optimizers that act coordinate by coordinate (fjdl's, by name); a
+        # transformation from elsewhere may mix coordinates (adafactor's row and column means,
+        # added noise), so with one each width is its own program.
+        family = model_lib.family_key(mdl) if isinstance(opt, str) else ("model", mdl)
+        members_of.setdefault((family, opt), []).append(i)
+    return [(opt, members) for (_, opt), members in members_of.items()]
 
 
 def train_many(
@@ -572,7 +436,7 @@ def train_many(
     chunk_size: int | None = None,
     devices=None,
     progress: bool | Callable[[int], None] | None = None,
-    is_weight=losses.is_weight,
+    is_weight=None,
     pad_to: int | Sequence[int] | None = None,
     threads: int | None = None,
 ) -> ManyResult:
@@ -629,7 +493,7 @@ def train_many(
       progress: ``True`` shows a progress bar over epochs (tqdm) from before compiling, ``False``
         nothing, or a function called with the number of epochs done (over all groups and
         chunks); default: a bar when stderr is a terminal.
-      is_weight: which parameters L2 and L1 act on (see :func:`fjdl.losses.is_weight`).
+      is_weight: which parameters L2 and L1 act on; ``None``: :func:`fjdl.losses.is_weight`.
       pad_to: MLPs' hidden widths to pad to at least (one width, or one per hidden layer):
         calls whose widths stay within share one compiled program (:func:`~fjdl.tune.random_search`
         passes the space's largest widths, so every round reuses the first round's program).
@@ -651,262 +515,114 @@ def train_many(
     """
     keys = _check_keys(keys)
     n = keys.shape[0]
+    _check_own_args(progress, threads, pad_to)
+    models = train.per_model_items("model", model, n, lambda m: not isinstance(m, Sequence))
+    for i, m in enumerate(models):
+        model_lib.check_model(m, "model" if len(set(models)) == 1 else f"model[{i}]")
+    optimizers = train.per_model_items(
+        "optimizer", optimizer, n, lambda o: isinstance(o, str) or callable(o) or hasattr(o, "init")
+    )
+    settings = dict(
+        loss=loss, learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, lambd=lambd,
+        l1=l1, keep_probs=keep_probs, beta=beta, beta1=beta1, beta2=beta2, epsilon=epsilon,
+        decay_rate=decay_rate, decay_interval=decay_interval, schedule=schedule, dev=dev,
+        patience=patience, min_delta=min_delta, scheme=scheme, eval_every=eval_every,
+        is_weight=is_weight,
+    )  # fmt: skip
+    # Everything is checked for every group before anything compiles.
+    plans = [
+        _plan(members, opt, models, X, Y, settings, n, pad_to)
+        for opt, members in _groups(models, optimizers)
+    ]
+    devices = list(jax.devices()) if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices is empty: pass None for all devices, or a list of devices")
+    sizes = [_chunk_len(len(p.members), n, chunk_size, len(devices)) for p in plans]
+    n_chunks = sum(-(-len(p.members) // size) for p, size in zip(plans, sizes))
     if progress is None:  # several processes must cut the run into the same segments
         progress = sys.stderr.isatty() and jax.process_count() == 1
+    reporter = _progress.Reporter(progress, epochs * n_chunks)
+    try:
+        ran = _run_groups(plans, sizes, keys, scheme, devices, threads, reporter)
+    finally:
+        reporter.close()
+    return _result(plans, ran, models, optimizers, settings, n)
+
+
+def _check_own_args(progress, threads, pad_to) -> None:
+    """What :func:`train_many` takes beside :func:`fjdl.train.fit`'s arguments."""
     _progress.check("progress", progress)
     if threads is not None:
         _checks.check_positive_int("threads", threads)
     if pad_to is not None:
         for w in np.atleast_1d(pad_to):
             _checks.check_positive_int("pad_to", int(w) if float(w).is_integer() else w)
-    models = _per_model_list("model", model, n, lambda m: not isinstance(m, Sequence))
-    for i, m in enumerate(models):
-        model_lib.check_model(m, "model" if len(set(models)) == 1 else f"model[{i}]")
-    if keep_probs is not None:  # as fit: an MLP without dropout gets it, its rates from here
-        models = [
-            dataclasses.replace(m, keep_probs=(1.0,) * (m.n_layers - 1))
-            if isinstance(m, MLP) and m.keep_probs is None
-            else m
-            for m in models
-        ]
-    opt_items = _per_model_list(
-        "optimizer",
-        optimizer,
-        n,
-        lambda o: isinstance(o, str) or _is_transformation(o) or callable(o),
+
+
+def _run_groups(plans, sizes, keys, scheme, devices, threads, reporter) -> list:
+    """Every group through its chunks of models; per group ``(loops, narrow)``: the final
+    carries, stacked in the members' order, and each member's unpadded shapes (or None)."""
+    spec0 = plans[0].run.spec
+    ends = _progress.segment_ends(
+        spec0.epochs, train.chunk_size(spec0.eval_every, spec0.epochs), reporter.shown
     )
-    kinds = [_optimizer_kind(o) for o in opt_items]
-    X = train._as_inputs("training", X)
-    dtype = X.dtype
-    m = X.shape[0]
-    for name, v in (("epochs", epochs), ("decay_interval", decay_interval)):
-        _checks.check_positive_int(name, v)
-    _checks.check_positive_int("eval_every", eval_every)
-    if chunk_size is not None:
-        _checks.check_positive_int("chunk_size", chunk_size)
-    if batch_size is not None:
-        _checks.check_positive_int("batch_size", batch_size)
-    batch_size = m if batch_size is None else min(batch_size, m)
-    if patience is not None:
-        _checks.check_positive_int("patience", patience)
-        if dev is None:
-            raise ValueError("early stopping (patience) needs a dev set: pass dev=(X_dev, Y_dev)")
-    if dev is not None and (not isinstance(dev, tuple | list) or len(dev) != 2):
-        raise ValueError(f"dev must be a pair (X_dev, Y_dev), got {type(dev).__name__}")
-    if not callable(is_weight):
-        raise TypeError(f"is_weight must be a function (key path, leaf) -> bool, got {is_weight!r}")
+    done, ran = 0, []
+    for plan, size in zip(plans, sizes):
+        finals, narrow = [], []
+        for first in range(0, len(plan.members), size):
+            # A chunk at a time, from its start (so chunk_size bounds the memory), padded to the
+            # chunk size with copies of its first model, dropped after.
+            sel = np.arange(first, min(first + size, len(plan.members)))
+            padded = np.concatenate([sel, np.full(size - sel.size, sel[0])])
+            hp = _take(plan.run.hp, padded)
+            loops, chunk_narrow = _start(
+                plan.run.spec, hp, [plan.models[j] for j in padded],
+                keys[np.asarray(plan.members)[padded]], scheme, plan.run.data.X.dtype,
+            )  # fmt: skip
+            report = partial(lambda off, e: reporter.update(off + e), done)
+            loops = _run_chunk(plan.run, hp, loops, ends, devices, threads, report, reporter.shown)
+            done += spec0.epochs
+            reporter.update(done)
+            finals.append(_take(loops, np.arange(sel.size)))
+            narrow.extend(chunk_narrow[: sel.size])
+        ran.append((_concat(finals) if len(finals) > 1 else finals[0], narrow))
+    return ran
 
-    per_step = callable(learning_rate) and not isinstance(learning_rate, Sequence)
-    named = dict(beta=beta, beta1=beta1, beta2=beta2, epsilon=epsilon)
-    given = sorted(k for k, v in named.items() if v is not None)
-    if given and not all(isinstance(k, train._Named) for k in kinds):
-        raise ValueError(
-            f"{', '.join(given)} apply to optimizers given by name ('momentum', 'rmsprop', "
-            "'adam'); a factory or a transformation carries its own"
-        )
-    named = {k: train.OPTIMIZER_DEFAULTS[k] if v is None else v for k, v in named.items()}
-    values = {
-        name: _per_model(name, v, n)
-        for name, v in (
-            ("learning_rate", 0.0 if per_step else learning_rate),
-            ("lambd", lambd),
-            ("l1", l1),
-            ("beta", named["beta"]),
-            ("beta1", named["beta1"]),
-            ("beta2", named["beta2"]),
-            ("epsilon", named["epsilon"]),
-            ("decay_rate", decay_rate),
-            ("min_delta", min_delta),
-        )
-    }
-    for name in ("learning_rate", "lambd", "l1", "decay_rate", "min_delta"):
-        _check_range(name, values[name], 0)
-    for name in ("beta", "beta1", "beta2"):
-        _check_range(name, values[name], 0, 1)
-    if np.any(values["epsilon"] <= 0):
-        i = int(np.argmax(values["epsilon"] <= 0))
-        raise ValueError(f"epsilon must be > 0, got {values['epsilon'][i]!r} (model {i})")
-    rate, rate_schedule = train._rate_plan(
-        learning_rate if per_step else float(values["learning_rate"][0]), schedule
-    )
-    if rate_schedule is not None and np.any(values["decay_rate"] != 0):
-        raise ValueError("decay_rate and a schedule both decay the learning rate: give one")
-    if rate_schedule is None:
-        rate_schedule = train._InverseTimeDecay(decay_interval)  # rate 0: no decay, the same program
-    if isinstance(rate_schedule, train._PerEpoch) and len(set(values["learning_rate"])) > 1:
-        raise ValueError(
-            "schedule is a schedule of the epoch, which replaces the learning rate: per-model "
-            "learning_rate values would be ignored; give a factory lr0 -> (epoch -> lr) to decay "
-            "each model's rate, or one learning_rate"
-        )
-    for i, (o, kind) in enumerate(zip(opt_items, kinds)):
-        if isinstance(kind, train._Fixed) and values["decay_rate"][i] != 0:
-            raise ValueError(
-                f"decay_rate needs an optimizer fjdl builds (a name or a factory); model {i}'s is "
-                f"a ready GradientTransformation ({type(o).__name__}), which keeps its own rate"
-            )
-        if isinstance(kind, train._Fixed) and not isinstance(rate_schedule, train._InverseTimeDecay):
-            raise ValueError(
-                "a schedule needs an optimizer fjdl builds (a name or a factory), not a ready "
-                f"GradientTransformation ({type(o).__name__}), which keeps its own learning rate"
-            )
 
-    # Groups: one compiled program each (the optimizer's kind, the model up to hidden widths).
-    # Everything is checked for every group before anything compiles.
-    members_of: dict = {}
-    for i, (mdl, kind) in enumerate(zip(models, kinds)):
-        # Padding is exact for optimizers that act coordinate by coordinate (fjdl's, by name); a
-        # transformation from elsewhere may mix coordinates (adafactor's row and column means,
-        # added noise), so with one each width is its own program.
-        family = shapes.family_key(mdl) if isinstance(kind, train._Named) else ("model", mdl)
-        members_of.setdefault((family, kind), []).append(i)
-    devices = list(jax.devices()) if devices is None else list(devices)
-    if not devices:
-        raise ValueError("devices is empty: pass None for all devices, or a list of devices")
-    opt_dtype = optim.moment_dtype(dtype)
-    # A schedule of fjdl.schedules travels as arrays (one copy per model); else the numbers.
-    shared_rate = rate if schedules.is_numeric(rate) else None
-    plans = [
-        _plan(
-            members, kind, models, X, Y, dev, loss, keep_probs, values, shared_rate, scheme, dtype,
-            opt_dtype, pad_to,
-        )  # fmt: skip
-        for (_, kind), members in members_of.items()
-    ]
-    sizes = [_chunk_len(len(p.members), n, chunk_size, len(devices)) for p in plans]
-    n_chunks = sum(-(-len(p.members) // size) for p, size in zip(plans, sizes))
-    reporter = _progress.Reporter(progress, epochs * n_chunks)
-    ends = _progress.segment_ends(epochs, train._chunk_size(eval_every, epochs), reporter.shown)
-
-    history: list = [None] * n
-    ended = {f: np.full(n, -1, np.int64) for f in ("diverged", "best", "stopped")}
+def _result(plans, ran, models, optimizers, settings, n) -> "ManyResult":
+    """The :class:`ManyResult` of the groups' final carries, in the models' order."""
+    history = np.full((len(train.History._fields), n, settings["epochs"]), np.nan, np.float32)
+    ended = np.full((3, n), -1, np.int64)
     narrow_all: list = [None] * n
-    out_groups = []
-    done = 0
-    try:
-        for group, size in zip(plans, sizes):
-            members, idx = group.members, np.asarray(group.members)
-            static = dict(
-                config=group.model,
-                loss=group.loss,
-                is_weight=is_weight,
-                optimizer=group.kind,
-                schedule=rate_schedule,
-                batch_size=batch_size,
-                epochs=epochs,
-                patience=patience,
-                eval_every=eval_every,
-            )
-            per_model = (group.hp, group.opt_hp, group.min_delta)
-            finals, narrow = [], []
-            for start in range(0, len(members), size):
-                # A chunk at a time, from its start (so chunk_size bounds the memory), padded to
-                # the chunk size with copies of its first model, dropped after.
-                sel = np.arange(start, min(start + size, len(members)))
-                padded = np.concatenate([sel, np.full(size - sel.size, sel[0])])
-                loops0, chunk_narrow = _start(
-                    [members[j] for j in padded], models, keys, group.kind, scheme, dtype,
-                    epochs, group.model,
-                )  # fmt: skip
-                loops = _run_chunk(
-                    (loops0, *_take(per_model, padded)),
-                    group.data,
-                    static,
-                    ends,
-                    devices,
-                    threads,
-                    lambda e, off=done: reporter.update(off + e),
-                    reporter.shown,
-                )
-                done += epochs
-                reporter.update(done)
-                finals.append(_ends_of(_take(loops, np.arange(sel.size)), patience))
-                narrow.extend(chunk_narrow[: sel.size])
-            state, hist, ends_ = (
-                jax.tree.map(lambda *a: np.concatenate(a) if isinstance(a[0], np.ndarray)
-                             else jnp.concatenate(a), *parts)  # fmt: skip
-                for parts in zip(*finals)
-            )
-            for j, i in enumerate(members):
-                history[i] = jax.tree.map(lambda h, j=j: h[j], hist)
-                narrow_all[i] = narrow[j]
-            for name, field in zip(("diverged", "best", "stopped"), ends_):
-                ended[name][idx] = field
-            out_groups.append(ModelGroup(group.model, idx, state, opt_items[members[0]]))
-    finally:
-        reporter.close()
-    record = {"optimizer": np.array([_name(o) for o in opt_items], object), **values}
+    groups = []
+    for plan, (loops, narrow) in zip(plans, ran):
+        idx = np.asarray(plan.members)
+        for f, h in enumerate(loops.history):
+            history[f, idx] = _checks.host_value(h)
+        for e, field in enumerate((loops.diverged_epoch, loops.best_epoch, loops.stopped_epoch)):
+            ended[e, idx] = _checks.host_value(field)
+        for j, i in enumerate(plan.members):
+            narrow_all[i] = narrow[j]
+        state = train.final_state(loops, plan.run.spec.patience)
+        groups.append(ModelGroup(plan.run.spec.model, idx, state, optimizers[plan.members[0]]))
+    diverged, best, stopped = ended
     return ManyResult(
-        train.History(*(np.stack([getattr(h, f) for h in history]) for f in train.History._fields)),
-        tuple(out_groups),
-        tuple(models),
-        ended["diverged"],
-        ended["best"],
-        ended["stopped"],
-        record,
-        tuple(narrow_all),
-    )
+        train.History(*history), tuple(groups), tuple(models), diverged, best, stopped,
+        _records(settings, optimizers, n), tuple(narrow_all),
+    )  # fmt: skip
 
 
-class _Plan(NamedTuple):
-    """A group, checked and ready to run: its members, the model it runs as, its per-model
-    arrays and its data."""
-
-    members: list
-    kind: Any
-    model: Any
-    loss: losses.Loss
-    hp: train.Hyperparams
-    opt_hp: train.OptimizerHyperparams
-    min_delta: jax.Array
-    data: tuple
-
-
-def _plan(
-    members, kind, models, X, Y, dev, loss, keep_probs, values, shared_rate, scheme, dtype, opt_dtype,
-    pad_to,
-):
-    member_models = [models[i] for i in members]
-    first = member_models[0]
-    is_mlp = isinstance(first, MLP) and first.n_layers > 1
-    wide = shapes.widest(member_models, pad_to) if is_mlp else first
-    idx = np.asarray(members)
-    group_loss = train.default_loss(wide, loss)
-    kp = _keep_probs(wide, keep_probs, len(models))[idx]
-    masks = None
-    # Masks only where a model is narrower than the group's widest (they cost a multiply per unit
-    # and step; a call whose models are all of the widest widths is its own program).
-    if is_mlp and any(mm != wide for mm in member_models):
-        per_model = [shapes.unit_masks(mm, wide, dtype) for mm in member_models]
-        masks = tuple(jnp.stack([pm[l] for pm in per_model]) for l in range(wide.n_layers - 1))
-    if scheme is not None and not isinstance(wide, MLP):
-        raise ValueError(
-            f"scheme applies to an fjdl.MLP only; {type(wide).__name__} initializes its "
-            f"parameters in its own init(key), got scheme={scheme!r}"
-        )
-    if shared_rate is not None:  # in at least float32: a float16 step count overflows
-        rate = jax.tree.map(lambda a: jnp.full((len(idx),), a, opt_dtype), shared_rate)
-    else:
-        rate = jnp.asarray(values["learning_rate"][idx], dtype)
-    hp = train.Hyperparams(
-        rate,
-        jnp.asarray(values["lambd"][idx], dtype),
-        jnp.asarray(values["l1"][idx], dtype),
-        jnp.asarray(kp, dtype),
-        masks,
-    )
-    opt_hp = train.OptimizerHyperparams(
-        *(jnp.asarray(values[f][idx], opt_dtype) for f in train.OptimizerHyperparams._fields)
-    )
-    # The data checked against the model's output, found without compiling.
-    params, model_state, _ = jax.eval_shape(
-        lambda k: _init_one(k, wide, scheme, dtype), jax.random.key(0)
-    )
-    where = dict(loss=group_loss, params=params, model_state=model_state)
-    data = (*train._check_data(wide, "training", X, Y, **where),)
-    data += train._check_data(wide, "dev", *dev, **where) if dev is not None else (None, None)
-    min_delta = jnp.asarray(values["min_delta"][idx], dtype)
-    return _Plan(members, kind, wide, group_loss, hp, opt_hp, min_delta, data)
+def _records(settings: dict, optimizers, n: int) -> dict:
+    """Each per-model hyperparameter's ``(n,)`` values as given (float64; the named optimizers'
+    defaults where not given), and each model's optimizer's name."""
+    values = {}
+    for name in ("learning_rate", "lambd", "l1", "beta", "beta1", "beta2", "epsilon",
+                 "decay_rate", "min_delta"):  # fmt: skip
+        v = settings[name]
+        if v is None:
+            v = train.OPTIMIZER_DEFAULTS.get(name, 0.0)
+        values[name] = train.per_model(name, 0.0 if callable(v) else v, n)
+    return {"optimizer": np.array([_name(o) for o in optimizers], object), **values}
 
 
 def _name(o) -> str:
@@ -916,29 +632,6 @@ def _name(o) -> str:
     return getattr(o, "__name__", None) or getattr(getattr(o, "func", None), "__name__", None) or (
         type(o).__name__
     )
-
-
-def _ends_of(loops, patience):
-    """What is kept of a chunk's final carries: the states (the best epoch's parameters with
-    early stopping, as fit restores them), the history and how each run ended, as NumPy."""
-    state = loops.state
-    if patience is not None:
-        restore = loops.best_epoch >= 0
-        state = state._replace(
-            params=_where(restore, loops.best_params, state.params),
-            model_state=_where(restore, loops.best_model_state, state.model_state),
-        )
-    history = train.History(*(np.asarray(h) for h in loops.history))
-    ends = tuple(np.asarray(e) for e in (loops.diverged_epoch, loops.best_epoch, loops.stopped_epoch))
-    return state, history, ends
-
-
-def _where(pred, new, old):
-    def one(a, b):
-        p = pred.reshape(pred.shape + (1,) * (a.ndim - 1))
-        return jnp.where(p, a, b)
-
-    return jax.tree.map(one, new, old)
 
 
 def _chunk_len(n_members: int, n_models: int, chunk_size: int | None, n_dev: int) -> int:
@@ -969,32 +662,26 @@ def _settings_of_this_thread():
     return enter
 
 
-def _run_chunk(per_model, data, static, ends, devices, threads, report, shown):
+def _run_chunk(run: train.Run, hp, loops, ends, devices, threads, report, shown):
     """One chunk of models through the segments of epochs; on one CPU device, one part of the
     models per core, each run from its own thread."""
-    n = per_model[0].i.shape[0]
+    n = loops.i.shape[0]
     n_threads = _cpu_threads(devices, n) if threads is None else min(threads, n)
     part = -(-n // n_threads)
     idx = np.arange(part * n_threads) % n  # equal parts (the last padded with repeats)
-    parts = [_take(per_model, p) for p in np.split(idx, n_threads)]
+    parts = [_take((hp, loops), p) for p in np.split(idx, n_threads)]
     reached = [0] * n_threads
     lock = threading.Lock()
-
     settings = _settings_of_this_thread()
 
-    def run(t):
-        with contextlib.ExitStack() as stack:
-            settings(stack)
-            return run_part(t)
-
     def run_part(t):
-        loops, hp, opt_hp, min_delta = parts[t]
-        rest = data
+        hp, loops = parts[t]
+        data = run.data
         if len(devices) > 1:
-            loops, hp, opt_hp, min_delta = parallel.shard_models((loops, hp, opt_hp, min_delta), devices)
-            rest = parallel.replicate(data, devices)
+            hp, loops = parallel.shard_models((hp, loops), devices)
+            data = parallel.replicate(data, devices)
         for end in ends:
-            loops = run_many(loops, hp, opt_hp, min_delta, *rest, jnp.int32(end), **static)
+            loops = run_many(run.spec, hp, data, loops, jnp.int32(end))
             if shown:
                 with lock:
                     reached[t] = end
@@ -1005,10 +692,15 @@ def _run_chunk(per_model, data, static, ends, devices, threads, report, shown):
             loops = parallel.to_host(loops)
         return jax.block_until_ready(loops)
 
+    def in_thread(t):
+        with contextlib.ExitStack() as stack:
+            settings(stack)
+            return run_part(t)
+
     if n_threads == 1:
-        results = [run(0)]
+        results = [in_thread(0)]
     else:
         with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
-            results = list(pool.map(run, range(n_threads)))
+            results = list(pool.map(in_thread, range(n_threads)))
     loops = _concat(results) if len(results) > 1 else results[0]
     return _take(loops, np.arange(n))

@@ -5,11 +5,11 @@ the learning rate (or the regularization) as it goes. The numbers live in arrays
 reuses the compiled loop of :func:`fjdl.train.fit`.
 """
 
-import jax.numpy as jnp
+import dataclasses
+
 import numpy as np
 
-from fjdl import _checks, losses, train
-from fjdl import model as fjdl_model
+from fjdl import _checks, train
 from fjdl._types import PRNGKey
 from fjdl.model import MLP
 
@@ -74,51 +74,30 @@ class Panda:
         dev=None,
         scheme=None,
         eval_every: int = 1,
-        is_weight=losses.is_weight,
+        is_weight=None,
     ):
-        fjdl_model.check_model(model)
-        config = model
-        self.config = config
-        self.loss = train.default_loss(config, loss)
-        self.is_weight = is_weight
-        X = train._as_inputs("training", X)
-        m = X.shape[0]
-        if batch_size is not None:
-            _checks.check_positive_int("batch_size", batch_size)
-        self.batch_size = m if batch_size is None else min(batch_size, m)
-        _checks.check_positive_int("eval_every", eval_every)
-        self.eval_every = eval_every
-        self.optimizer = train._resolve_optimizer(optimizer)
-        if isinstance(self.optimizer, train._Fixed):
-            raise TypeError("Panda needs an optimizer fjdl builds (a name or a factory)")
         if callable(learning_rate):
             raise TypeError(
                 "Panda's learning_rate must be a number (set() changes it between runs); for a "
                 f"decay within runs give schedule=lr0 -> (epoch -> lr), got {learning_rate!r}"
             )
-        if schedule is not None:
-            _, plan = train._rate_plan(learning_rate, schedule)
-            if plan is not schedule:
-                raise TypeError(
-                    "Panda's schedule must be a factory lr0 -> (epoch -> lr), which decays the "
-                    "rate that set() changes; a schedule of the epoch would replace it, got "
-                    f"{schedule!r}"
-                )
-        self.schedule = schedule
-        dtype = X.dtype
-        self.hyperparams = train.make_hyperparams(
-            config, learning_rate, lambd, l1, keep_probs, dtype
-        )
-        self.state = train.init_state(
-            key, config, self.optimizer, learning_rate, scheme=scheme, dtype=dtype
-        )
-        where = dict(loss=self.loss, params=self.state.params, model_state=self.state.model_state)
-        self.X, self.Y = train._check_data(config, "training", X, Y, **where)
-        self.dev = (
-            train._check_data(config, "dev", *dev, **where) if dev is not None else (None, None)
-        )
+        run = train.prepare(
+            model, X, Y, loss=loss, optimizer=optimizer, learning_rate=learning_rate,
+            batch_size=batch_size, lambd=lambd, l1=l1, keep_probs=keep_probs, schedule=schedule,
+            dev=dev, scheme=scheme, eval_every=eval_every, is_weight=is_weight, epochs=1,
+        )  # fmt: skip
+        refusal = _refusal(run.spec, run.hp)
+        if refusal is not None:
+            raise TypeError(refusal)
+        self.run_spec, self.hyperparams, self.data = run.spec, run.hp, run.data
+        self.state = train.start(run.spec.optimizer, run.spec.rate, run.hp, key, run.init)
         self._histories: list[train.History] = []
         self.diverged_epoch: int | None = None
+
+    @property
+    def config(self):
+        """The model (with dropout switched on when ``keep_probs`` was given)."""
+        return self.run_spec.model
 
     @property
     def epoch(self) -> int:
@@ -138,22 +117,29 @@ class Panda:
 
     def set(self, *, learning_rate=None, lambd=None, l1=None, keep_probs=None) -> None:
         """Change hyperparameters for the next :meth:`run` (``None`` keeps the current value)."""
-        is_mlp = isinstance(self.config, MLP)
         hp = self.hyperparams
-        dtype = hp.learning_rate.dtype
         if keep_probs is not None and getattr(self.config, "keep_probs", None) is None:
             raise ValueError(
                 "keep_probs can change only when the config has dropout: build the MLP with "
                 "keep_probs=... (1.0 for none yet)"
             )
-        self.hyperparams = train.make_hyperparams(
+        if callable(learning_rate):
+            raise TypeError(f"Panda's learning_rate must be a number, got {learning_rate!r}")
+        new = train.make_hyperparams(
             self.config,
             hp.learning_rate if learning_rate is None else learning_rate,
             hp.lambd if lambd is None else lambd,
             hp.l1 if l1 is None else l1,
-            keep_probs if keep_probs is not None else (hp.keep_probs if is_mlp else None),
-            dtype,
+            keep_probs if keep_probs is not None else (hp.keep_probs if self._is_mlp else None),
+            hp.lambd.dtype,
         )
+        self.hyperparams = hp._replace(
+            learning_rate=new.learning_rate, lambd=new.lambd, l1=new.l1, keep_probs=new.keep_probs
+        )
+
+    @property
+    def _is_mlp(self) -> bool:
+        return isinstance(self.config, MLP)
 
     def run(self, epochs: int) -> train.History:
         """Train ``epochs`` more epochs; returns their history (also appended to :attr:`history`).
@@ -162,25 +148,10 @@ class Panda:
         :attr:`diverged_epoch`: lower the learning rate with :meth:`set` and run again.
         """
         _checks.check_positive_int("epochs", epochs)
-        X_dev, Y_dev = self.dev
-        loop, history = train.run_epochs(
-            self.state,
-            self.hyperparams,
-            self.X,
-            self.Y,
-            X_dev,
-            Y_dev,
-            jnp.zeros((), self.X.dtype),
-            config=self.config,
-            loss=self.loss,
-            is_weight=self.is_weight,
-            optimizer=self.optimizer,
-            schedule=self.schedule,
-            batch_size=self.batch_size,
-            epochs=epochs,
-            patience=None,
-            eval_every=self.eval_every,
-        )
+        spec = dataclasses.replace(self.run_spec, epochs=epochs)
+        start = train.start_loop(self.state, epochs, self.data.X.dtype)
+        loop = train.run_epochs(spec, self.hyperparams, self.data, start)
+        history = loop.history
         diverged = int(loop.diverged_epoch)
         n_run = int(loop.i) - (diverged >= 0)
         history = train.History(*(np.asarray(h)[:n_run] for h in history))
@@ -198,8 +169,23 @@ class Panda:
             self.state.model_state,
             X,
             Y,
-            loss=self.loss,
-            is_weight=self.is_weight,
+            loss=self.run_spec.loss,
+            is_weight=self.run_spec.is_weight,
             lambd=hp.lambd,
             l1=hp.l1,
         )
+
+
+def _refusal(spec: train.RunSpec, hp: train.Hyperparams) -> str | None:
+    """Why Panda cannot babysit a run of this optimizer and rate, or None: :meth:`Panda.set`
+    changes the learning rate, which a ready transformation or a schedule of the epoch ignore."""
+    if train.is_transformation(spec.optimizer):
+        return "Panda needs an optimizer fjdl builds (a name or a factory)"
+    rate = spec.rate
+    if (rate.fn is not None and not rate.factory) or callable(hp.learning_rate):
+        return (
+            "Panda's schedule must be a factory lr0 -> (epoch -> lr), which decays the rate that "
+            f"set() changes; a schedule of the epoch would replace it, got "
+            f"{rate.fn or hp.learning_rate!r}"
+        )
+    return None

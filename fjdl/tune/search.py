@@ -197,12 +197,7 @@ def _run_round(
         chunk_size=chunk_size,
         **kwargs,
     )
-    finals = {
-        "train_cost": many.final("cost"),
-        "train_accuracy": many.final("train_accuracy"),
-        "dev_cost": many.final("dev_cost"),
-        "dev_accuracy": many.final("dev_accuracy"),
-    }
+    finals = {name: many.final(field) for name, field in train.FINAL_METRICS.items()}
     records = []
     for i, (t, c) in enumerate(zip(trials, configs)):
         record = {name: _plain(v) for name, v in t.items()}
