@@ -141,3 +141,18 @@ def test_speedups_and_agreement_marks():
     s = bench_main.speedups("B", result)
     assert s["vs_numpy"] == 30.0 and s["vs_best_plain_jax"] == 1.5 and s["met"] is False
     assert s["best_plain_jax"] == "jax: b"
+
+
+def test_ab_table_gives_each_side_and_the_ratio():
+    from bench import ab
+
+    result = {
+        "rows": [
+            {"impl": "fjdl", "status": "ok", "median_s": 2.0},
+            {"impl": "torch eager", "status": "pending"},
+        ],
+        "convnet": {"rows": [{"impl": "fjdl fit, flax convnet", "status": "ok", "median_s": 1.0}]},
+    }
+    assert ab._medians(result) == {"fjdl": 2.0, "fjdl fit, flax convnet": 1.0}
+    table = ab.render({"C": {"fjdl": {"base": [2.0, 2.2], "new": [1.9, 2.1]}}})
+    assert "| fjdl | 2 / 2.2 | 1.9 / 2.1 | 0.952 |" in table
