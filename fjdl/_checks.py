@@ -164,6 +164,10 @@ def check_all_finite(name: str, x: object) -> None:
             a = a.astype(np.float64)
         except (TypeError, ValueError):
             return
+    # The common case in two reductions and no mask (np.min and np.max propagate NaN, and an Inf
+    # is one of them); the position only when there is one.
+    if a.size == 0 or (np.isfinite(a.min()) and np.isfinite(a.max())):
+        return
     bad = ~np.isfinite(a)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])

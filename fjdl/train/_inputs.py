@@ -93,5 +93,9 @@ def check_data(config: Model, name: str, X, Y, *, loss: losses.Loss, params=None
     ``apply`` on ``(params, model_state)``, which are then needed.
     """
     X = as_inputs(name, X)
-    out_shape = output_shape(config, name, X, params, model_state)
-    return X, check_labels(loss, name, X, Y, out_shape)
+    return X, check_labels_of(config, name, X, Y, loss=loss, params=params, model_state=model_state)
+
+
+def check_labels_of(config: Model, name: str, X, Y, *, loss: losses.Loss, params, model_state):
+    """``Y`` checked against the model's output on ``X`` (already :func:`as_inputs`) and the loss."""
+    return check_labels(loss, name, X, Y, output_shape(config, name, X, params, model_state))

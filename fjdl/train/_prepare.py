@@ -111,10 +111,11 @@ def _check_epoch_schedule(rate: _rates.Rate, learning_rate, n) -> None:
 
 
 def check_data(spec: RunSpec, init: Callable, X, Y, dev) -> Data:
-    """The training and dev sets checked against the model's output (found without compiling)."""
+    """The training and dev sets checked against the model's output (found without compiling);
+    ``X`` is already :func:`fjdl.train.as_inputs` (checked once: a pass over a large set costs)."""
     params, model_state = jax.eval_shape(init, jax.random.key(0))
     where = dict(loss=spec.loss, params=params, model_state=model_state)
-    X, Y = _inputs.check_data(spec.model, "training", X, Y, **where)
+    Y = _inputs.check_labels_of(spec.model, "training", X, Y, **where)
     if dev is None:
         return Data(X, Y)
     return Data(X, Y, *_inputs.check_data(spec.model, "dev", *dev, **where))
