@@ -222,9 +222,10 @@ def fit_data_parallel(
       (2,)
     """
     devices = _devices(devices)
-    X, Y = shard_data((train.as_inputs("training", X), jnp.asarray(Y)), devices)
+    # Placed as they are: fit checks them (once), and its conversions keep the placement.
+    X, Y = shard_data((jnp.asarray(X), jnp.asarray(Y)), devices)
     if isinstance(dev, tuple | list) and len(dev) == 2:  # anything else: fit refuses it
-        X_dev, Y_dev = train.as_inputs("dev", dev[0]), jnp.asarray(dev[1])
+        X_dev, Y_dev = jnp.asarray(dev[0]), jnp.asarray(dev[1])
         if X_dev.shape[0] % len(devices) == 0:
             dev = shard_data((X_dev, Y_dev), devices)
         else:

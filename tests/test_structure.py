@@ -63,6 +63,10 @@ def test_tune_runs_the_one_loop(path):
             imported |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fjdl."):
             imported.add(node.module.split(".")[1])
+            private = node.module.startswith("fjdl.train.") or any(
+                a.name.startswith("_") for a in node.names if node.module == "fjdl.train"
+            )
+            assert not private, f"{path.name} imports from fjdl.train's internals: {node.module}"
     assert not imported & NUMERICS, f"{path.name} imports {imported & NUMERICS}"
     private = {
         node.attr
@@ -90,3 +94,22 @@ def test_the_cli_choices_are_the_library_s():
     assert set(choices["optimizer"]) == set(train.OPTIMIZERS)
     assert set(choices["init"]) <= set(initializers.SCHEMES)
     assert set(choices["dataset"]) <= set(data.DATASETS)
+
+
+def test_the_cli_s_optimizer_flags_are_the_registry_s():
+    """--beta, --beta1, --beta2 and --epsilon are refused as pointless exactly for the optimizers
+    whose registry entry does not take them; the search's beta is one they take."""
+    import argparse
+
+    from fjdl import cli, train
+
+    flags = {"--beta": "beta", "--beta1": "beta1", "--beta2": "beta2", "--epsilon": "epsilon"}
+    for name, named in train.OPTIMIZERS.items():
+        args = argparse.Namespace(
+            optimizer=name, decay="none", patience=None, dataset="moons", hidden=(3,), data=None
+        )
+        pointless = {flag for flag, is_pointless, _ in cli._pointless_train_flags(args)
+                     if is_pointless and flag in flags}  # fmt: skip
+        assert pointless == {f for f, h in flags.items() if h not in named.hyperparams}, name
+        if name in cli._BETA_OF:
+            assert cli._BETA_OF[name] in named.hyperparams

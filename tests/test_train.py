@@ -600,3 +600,22 @@ def test_bfloat16_hyperparameters_are_numbers():
     assert np.isfinite(float(j))
     with pytest.raises(TypeError, match="lambd must be real"):
         losses.cost(jnp.zeros(2), jnp.ones(2), params, lambd=jnp.complex64(0.1))
+
+
+def test_a_schedule_of_fjdl_schedules_is_refused_with_a_decay_or_a_ready_transformation(moons):
+    X, Y = moons
+    schedule = schedules.exponential_decay(0.1, 0.9)
+    with pytest.raises(ValueError, match="decay_rate and a schedule"):
+        train.fit(MLP((2, 3, 1)), X, Y, key=0, epochs=1, schedule=schedule, decay_rate=0.1)
+    with pytest.raises(ValueError, match="needs an optimizer fjdl builds"):
+        train.fit(
+            MLP((2, 3, 1)), X, Y, key=0, epochs=1, schedule=schedule, optimizer=optax.adam(1e-3)
+        )
+
+
+def test_make_hyperparams_accepts_traced_values():
+    config = MLP((2, 3, 1))
+    lambds = jnp.array([0.0, 0.5])
+    hp = jax.vmap(lambda lambd: train.make_hyperparams(config, 0.01, lambd))(lambds)
+    np.testing.assert_array_equal(hp.lambd, lambds)
+    assert hp.keep_probs.shape == (2, 1)

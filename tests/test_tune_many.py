@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from fjdl import data, model, train, tune
+from fjdl import data, model, schedules, train, tune
 from fjdl.model import MLP
 
 
@@ -283,13 +283,39 @@ def test_bad_arguments_are_refused_before_anything_compiles(moons):
         (dict(patience=2), ValueError, "needs a dev set"),
         (dict(decay_rate=0.1, schedule=optax.constant_schedule(0.1)), ValueError, "decay_rate"),
         (dict(keep_probs=[0.5, 1.5]), ValueError, r"keep_probs must be in \(0, 1\], got 1.5"),
+        (dict(learning_rate=[0.1, -0.1]), ValueError, r"learning_rate must be >= 0, got -0.1 \(model 1\)"),
+        (dict(chunk_size=0), ValueError, "chunk_size must be a positive int"),
+        # a schedule of fjdl.schedules as schedule= is a schedule all the same
+        (dict(decay_rate=0.1, schedule=schedules.exponential_decay(0.1)), ValueError, "decay_rate"),
+        (dict(learning_rate=[0.1, 0.2], schedule=schedules.exponential_decay(0.1)), ValueError,
+         "replaces the learning rate"),
+        (dict(optimizer=optax.adam(1e-3), schedule=schedules.exponential_decay(0.1)), ValueError,
+         "needs an optimizer fjdl builds"),
     ]
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
             tune.train_many(MLP((2, 3, 1)), X, Y, keys=keys, epochs=1, **kwargs)
     with pytest.raises(ValueError, match=r"training X must have shape \(m, 3\)"):
         tune.train_many([MLP((2, 3, 1)), MLP((3, 3, 1))], X, Y, keys=keys, epochs=1)
+    # One value per model means all the models, whatever groups they fall into.
+    keys4 = jax.random.split(jax.random.key(0), 4)
+    with pytest.raises(ValueError, match=r"learning_rate must .* one value per model \(4\)"):
+        tune.train_many(
+            MLP((2, 3, 1)), X, Y, keys=keys4, epochs=1, learning_rate=[0.1, 0.2],
+            optimizer=["adam", "adam", "gd", "gd"],
+        )  # fmt: skip
     assert tune.run_many._cache_size() == before
+
+
+def test_keep_probs_switch_dropout_on_for_every_model_as_fit_does(moons):
+    X, Y, _, _ = moons
+    keys = jax.random.split(jax.random.key(3), 2)
+    kw = dict(epochs=3, batch_size=32, learning_rate=0.01)
+    many = tune.train_many(MLP((2, 6, 1)), X, Y, keys=keys, keep_probs=[0.7, 0.9], **kw)
+    assert len(many.groups) == 1 and many.params[0]["W"].shape == (2, 2, 6)  # one stacked tree
+    for i, kp in enumerate((0.7, 0.9)):
+        ref = train.fit(MLP((2, 6, 1)), X, Y, key=keys[i], keep_probs=kp, **kw)
+        np.testing.assert_allclose(many.history.cost[i], ref.history.cost, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

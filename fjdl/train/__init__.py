@@ -16,8 +16,8 @@ prepare, ``jax.vmap`` of the same run, finish; :class:`fjdl.tune.Panda` and
 :func:`fjdl.parallel.fit_data_parallel` run the same thing. New hyperparameter values, keys or
 data of the same shapes never recompile.
 
-Inside the program, a run is ``lax.scan`` over epochs; inside each epoch, ``lax.scan`` over the
-full mini-batches and one more step on the remainder batch (its own static shape, so it needs
+Inside the program, a run is a ``lax.while_loop`` over chunks of epochs (each a ``lax.scan``),
+then over single epochs; inside each epoch, ``lax.scan`` over the full mini-batches and one more step on the remainder batch (its own static shape, so it needs
 neither padding nor a second compilation). Nothing returns to Python between steps; when progress
 is shown, a run is cut into about 100 calls of the same program, each continuing where the last
 stopped, reported from the host in between.
@@ -58,7 +58,14 @@ from ._loop import (
     start_loop,
     train_step,
 )
-from ._prepare import Run, checked_params, model_init, per_model_items, prepare
+from ._prepare import (
+    Run,
+    checked_params,
+    model_init,
+    per_model_items,
+    prepare,
+    with_dropout,
+)
 from ._rates import (
     OPTIMIZER_DEFAULTS,
     OPTIMIZERS,
@@ -112,6 +119,7 @@ __all__ = [
     "start",
     "start_loop",
     "train_step",
+    "with_dropout",
 ]
 
 
@@ -277,7 +285,8 @@ def fit(
     shapes reuses the compiled program. Static, because they change the program's shape: the model
     and the loss, the optimizer's kind (a name, or the factory or transformation object), a
     schedule function, ``batch_size``, ``epochs``, ``patience``, ``eval_every``,
-    ``decay_interval``, whether there is a dev set or a decay, and ``is_weight``.
+    ``decay_interval``, whether there is a dev set, and ``is_weight`` (decay on and off share one
+    program: no decay is the inverse-time decay at rate 0).
 
     Returns:
       A :class:`FitResult` with the final (or best, with early stopping) state and the history.

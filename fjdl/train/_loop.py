@@ -15,7 +15,8 @@ A run is a :class:`Loop` carry advanced epoch by epoch:
   diverged, rerun to find the epoch and keep the last finite state).
 
 Everything is a function of ``(spec, hp, data, loop)``: :class:`~fjdl.train.RunSpec` static, the
-rest arrays. ``jax.vmap`` of :func:`advance` over ``hp`` and ``loop`` trains many models at once.
+rest arrays. ``jax.vmap`` of :func:`run_epochs` over ``hp`` and ``loop`` trains many models at
+once.
 
 Keys: the run's key lives in :class:`TrainState`. Epoch ``e`` shuffles with
 ``fold_in(fold_in(key, 0), e)``; step ``t`` drops out with ``fold_in(fold_in(key, 1), t)``. The same

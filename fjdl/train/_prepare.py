@@ -76,7 +76,7 @@ def _check_loop(epochs, batch_size, patience, dev, eval_every, decay_interval, i
         raise TypeError(f"is_weight must be a function (key path, leaf) -> bool, got {is_weight!r}")
 
 
-def _check_optimizer(optimizer, rate: _rates.Rate, named: dict, decay_rate, learning_rate) -> None:
+def _check_optimizer(optimizer, named: dict, decay_rate, scheduled: bool) -> None:
     """The optimizer against the learning rate: a name's hyperparameters only with a name; a
     schedule or a decay only for an optimizer fjdl builds, and not both."""
     _rates.check_optimizer(optimizer)
@@ -87,7 +87,6 @@ def _check_optimizer(optimizer, rate: _rates.Rate, named: dict, decay_rate, lear
             "'adam'); a factory or a transformation carries its own"
         )
     decays = decay_rate is not None and np.any(np.asarray(decay_rate, np.float64) != 0)
-    scheduled = rate.fn is not None or callable(learning_rate)
     if decays and scheduled:
         raise ValueError("decay_rate and a schedule both decay the learning rate: give one")
     if _rates.is_transformation(optimizer) and (decays or scheduled):
@@ -98,9 +97,10 @@ def _check_optimizer(optimizer, rate: _rates.Rate, named: dict, decay_rate, lear
         )
 
 
-def _check_epoch_schedule(rate: _rates.Rate, learning_rate, n) -> None:
-    """A schedule of the epoch replaces the learning rate: per-model rates would be ignored."""
-    if n is None or rate.fn is None or rate.factory or not rate.per_epoch:
+def _check_epoch_schedule(rate: _rates.Rate, schedule, learning_rate, n) -> None:
+    """A schedule of the epoch (not a factory) replaces the learning rate: per-model rates would
+    be ignored."""
+    if n is None or schedule is None or rate.factory:
         return
     if len(set(np.atleast_1d(np.asarray(learning_rate, np.float64)).tolist())) > 1:
         raise ValueError(
@@ -126,26 +126,26 @@ def prepare(
     learning_rate=0.001, epochs: int = 100, batch_size: int | None = None, lambd=0.0, l1=0.0,
     keep_probs=None, schedule=None, dev=None, patience: int | None = None, min_delta=0.0,
     scheme=None, eval_every: int = 1, is_weight=losses.is_weight, beta=None, beta1=None,
-    beta2=None, epsilon=None, decay_rate=None, decay_interval: int = 1, unit_masks=None,
+    beta2=None, epsilon=None, decay_rate=None, decay_interval: int = 1,
 ) -> Run:  # fmt: skip
     """Check every argument of a run and build its :class:`Run` (the arguments as for
     :func:`fjdl.train.fit`). With ``n``, every number is one value or ``n`` values (one per
-    model) and the hyperparameters get a leading axis of ``n``; ``unit_masks`` (an MLP's masks of
-    its units, for models padded to a wider one) goes to the hyperparameters as it is;
-    ``is_weight=None`` is :func:`fjdl.losses.is_weight`."""
+    model) and the hyperparameters get a leading axis of ``n``. ``is_weight=None`` is
+    :func:`fjdl.losses.is_weight`."""
     model_lib.check_model(model)
     model = with_dropout(model, keep_probs)
     is_weight = losses.is_weight if is_weight is None else is_weight
     _check_loop(epochs, batch_size, patience, dev, eval_every, decay_interval, is_weight)
     numbers, rate = _rates.plan(learning_rate, schedule, decay_interval)
     named = dict(beta=beta, beta1=beta1, beta2=beta2, epsilon=epsilon)
-    _check_optimizer(optimizer, rate, named, decay_rate, learning_rate)
-    _check_epoch_schedule(rate, learning_rate, n)
+    scheduled = schedule is not None or callable(learning_rate)
+    _check_optimizer(optimizer, named, decay_rate, scheduled)
+    _check_epoch_schedule(rate, schedule, learning_rate, n)
     X = _inputs.as_inputs("training", X)
     m = X.shape[0]
     hp = make_hyperparams(
-        model, numbers, lambd, l1, keep_probs, X.dtype, n=n, unit_masks=unit_masks,
-        decay_rate=decay_rate, min_delta=min_delta, **named,
+        model, numbers, lambd, l1, keep_probs, X.dtype, n=n, decay_rate=decay_rate,
+        min_delta=min_delta, **named,
     )  # fmt: skip
     spec = RunSpec(
         model, default_loss(model, loss), is_weight, optimizer, rate,

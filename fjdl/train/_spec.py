@@ -85,7 +85,10 @@ def default_loss(model: Model, loss=None) -> losses.Loss:
 
 def per_model(name: str, value, n: int | None) -> np.ndarray:
     """``value`` as float64 numbers: a scalar when ``n`` is None, else ``(n,)`` (a number
-    repeated, or a sequence of ``n``)."""
+    repeated, or a sequence of ``n``). A traced value (under ``jit`` or ``vmap``) passes as it
+    is: it cannot be inspected, and the program that traces it was checked."""
+    if not _checks.is_concrete(value):
+        return value
     try:
         arr = np.asarray(value, np.float64)
     except (TypeError, ValueError):

@@ -365,15 +365,22 @@ class _Plan(NamedTuple):
     run: train.Run
 
 
-def _of_members(value, members, n: int):
-    """The members' entries of a per-model argument (given as ``n`` values), else ``value``."""
+def _of_members(name: str, value, members, n: int):
+    """The members' entries of a per-model argument: one value for all, or ``n`` (one per model,
+    all the models, before they are grouped)."""
     if value is None or callable(value) or isinstance(value, str):
         return value
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError):
+        return value  # prepare names what is wrong with it
+    if arr.ndim == 0 or arr.dtype == object:
         return value
-    return arr[np.asarray(members)] if arr.ndim >= 1 and arr.shape[0] == n else value
+    if arr.shape[0] != n:
+        raise ValueError(
+            f"{name} must be a number or have one value per model ({n}), got shape {arr.shape}"
+        )
+    return arr[np.asarray(members)]
 
 
 def _plan(members, optimizer, models, X, Y, settings: dict, n: int, pad_to) -> _Plan:
@@ -382,7 +389,9 @@ def _plan(members, optimizer, models, X, Y, settings: dict, n: int, pad_to) -> _
     own = [models[i] for i in members]
     is_mlp = isinstance(own[0], MLP) and own[0].n_layers > 1
     wide = model_lib.widest(own, pad_to) if is_mlp else own[0]
-    given = {k: _of_members(v, members, n) if k in _PER_MODEL else v for k, v in settings.items()}
+    given = {
+        k: _of_members(k, v, members, n) if k in _PER_MODEL else v for k, v in settings.items()
+    }
     run = train.prepare(wide, X, Y, n=len(members), optimizer=optimizer, **given)
     # Masks only where a model is narrower than the group's widest (they cost a multiply per unit
     # and step; a call whose models are all of the widest widths is its own program).
@@ -479,7 +488,8 @@ def train_many(
         ``alpha = alpha0 / (1 + decay_rate * floor(epoch / decay_interval))``; 0 is no decay (and
         the same program).
       decay_interval: epochs per decay step, shared.
-      schedule: one per-epoch schedule for all models, as for ``fit`` (not with ``decay_rate``).
+      schedule: one per-epoch schedule for all models, as for ``fit`` (not with a non-zero
+        ``decay_rate``).
       dev: optional ``(X_dev, Y_dev)``, evaluated every ``eval_every`` epochs.
       patience: early stopping, as for ``fit`` (each model stops on its own; needs ``dev``).
       min_delta: per model, the improvement that resets the patience.
@@ -515,10 +525,12 @@ def train_many(
     """
     keys = _check_keys(keys)
     n = keys.shape[0]
-    _check_own_args(progress, threads, pad_to)
+    _check_own_args(progress, threads, pad_to, chunk_size)
     models = train.per_model_items("model", model, n, lambda m: not isinstance(m, Sequence))
     for i, m in enumerate(models):
         model_lib.check_model(m, "model" if len(set(models)) == 1 else f"model[{i}]")
+    # As fit: an MLP built without dropout gets it when keep_probs is given.
+    models = [train.with_dropout(m, keep_probs) for m in models]
     optimizers = train.per_model_items(
         "optimizer", optimizer, n, lambda o: isinstance(o, str) or callable(o) or hasattr(o, "init")
     )
@@ -549,9 +561,11 @@ def train_many(
     return _result(plans, ran, models, optimizers, settings, n)
 
 
-def _check_own_args(progress, threads, pad_to) -> None:
+def _check_own_args(progress, threads, pad_to, chunk_size) -> None:
     """What :func:`train_many` takes beside :func:`fjdl.train.fit`'s arguments."""
     _progress.check("progress", progress)
+    if chunk_size is not None:
+        _checks.check_positive_int("chunk_size", chunk_size)
     if threads is not None:
         _checks.check_positive_int("threads", threads)
     if pad_to is not None:

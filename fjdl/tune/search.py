@@ -7,7 +7,7 @@ MLP share one, see :mod:`fjdl.tune.many`), and are ranked by their final dev acc
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -225,16 +225,12 @@ def _ranked(records, has_dev):
 
 
 def _check_search_args(space, X, Y, dev, n_trials, config, epochs, chunk_size, fixed):
+    """What a search takes beside train_many's arguments (which train_many checks)."""
     _check_space(space)
     _checks.check_positive_int("n_trials", n_trials)
-    _checks.check_positive_int("epochs", epochs)
-    if chunk_size is not None:
-        _checks.check_positive_int("chunk_size", chunk_size)
     if "model" not in space:
         fjdl_model.check_model(config, "config")
     _check_space_names(space, fixed)
-    if dev is not None and (not isinstance(dev, Sequence) or len(dev) != 2):
-        raise ValueError("dev must be a pair (X_dev, Y_dev) or None")
 
 
 def random_search(
