@@ -165,7 +165,6 @@ def make_hyperparams(
     dtype=jnp.float32,
     *,
     n: int | None = None,
-    unit_masks=None,
     beta=None,
     beta1=None,
     beta2=None,
@@ -198,7 +197,7 @@ def make_hyperparams(
         jnp.asarray(plain["lambd"], dtype),
         jnp.asarray(plain["l1"], dtype),
         jnp.asarray(_keep_probs(model, keep_probs, n), dtype),
-        unit_masks,
+        None,  # unit masks: set by the padded-width search (fjdl.tune.train_many)
         beta=jnp.asarray(opt["beta"], opt_dtype),
         beta1=jnp.asarray(opt["beta1"], opt_dtype),
         beta2=jnp.asarray(opt["beta2"], opt_dtype),

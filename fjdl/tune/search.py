@@ -224,7 +224,7 @@ def _ranked(records, has_dev):
     return records
 
 
-def _check_search_args(space, X, Y, dev, n_trials, config, epochs, chunk_size, fixed):
+def _check_search_args(space, n_trials, config, fixed):
     """What a search takes beside train_many's arguments (which train_many checks)."""
     _check_space(space)
     _checks.check_positive_int("n_trials", n_trials)
@@ -293,7 +293,7 @@ def random_search(
     References:
       Bergstra & Bengio, 2012, *Random Search for Hyper-Parameter Optimization*.
     """
-    _check_search_args(space, X, Y, dev, n_trials, config, epochs, chunk_size, fixed)
+    _check_search_args(space, n_trials, config, fixed)
     records, many = _run_round(
         space,
         X,
@@ -361,7 +361,7 @@ def coarse_to_fine(
       >>> bool(1e-4 <= lr.low <= result.best["learning_rate"] <= lr.high <= 1.0)
       True
     """
-    _check_search_args(space, X, Y, dev, n_trials, config, epochs, chunk_size, fixed)
+    _check_search_args(space, n_trials, config, fixed)
     _checks.check_positive_int("rounds", rounds)
     if keep_top is None:
         keep_top = max(2, n_trials // 4)
